@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Both create .venv and install on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# CPU build of torch: on this project's dev machines it lies on disk; elsewhere pip fetches it.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test test-all bench lint demo demo-down clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not gpu and not bench" -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "" -q
+
+bench: $(STAMP)
+	$(PY) -m pytest -m bench -q -s tests/benchmarks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+demo: $(STAMP)
+	$(PY) -m pipelines.quickstart
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,435 @@
+"""MeerkatModel: frozen encoders -> AVACE -> projections -> LoRA-tuned LLM, and its builders.
+
+``forward(batch)`` returns the four terms of Eq. 4::
+
+    loss = loss_ce + λ_OT · loss_ot + λ_AC · loss_ac
+
+* ``loss_ce``: next-token cross-entropy averaged over the answer tokens of *every* sample in the
+  batch (labels are -100 elsewhere; see :mod:`meerkat_core.batching`).
+* ``loss_ot``: :func:`~meerkat_core.alignment.ot_loss` between AVACE's trainable image and audio
+  projections, averaged over the samples whose image and audio really belong together
+  (``ot_pair``); mismatched fact-check negatives are left out, since aligning them would teach the
+  wrong correspondence.
+* ``loss_ac``: :func:`~meerkat_core.attention.attention_consistency_loss` of AVACE's map against the
+  box mask, averaged over the samples that carry a box (``has_box``); exactly 0 when none does.
+
+Terms whose weight is 0 are still computed, without gradient, so that ablation runs log them too.
+
+Batch contract (tensors; built by :mod:`meerkat_core.batching` and :mod:`meerkat_core.media`)::
+
+    pixel_values    [B, 3, S, S]      CLIP-normalised images
+    audio_features  [B, W, 1, T, F]   log-mel windows (W windows of 10 s)
+    input_ids       [B, L]            chat tokens; <image> and <audio> appear once each
+    attention_mask  [B, L]
+    labels          [B, L]            answer tokens, -100 elsewhere         (training only)
+    box_mask        [B, h, w]         sounding object's box on the patch grid (optional)
+    has_box         [B] bool                                                  (optional)
+    ot_pair         [B] bool          image and audio belong together         (optional, default all)
+
+The ``<image>`` placeholder is replaced by the LLM-side image tokens (AVACE-fused patches, pooled
+``llm_image_pool``²) and ``<audio>`` by the audio tokens: the paper's ``z_AVT = z̃_I ‖ z̃_A ‖ z_T``
+with the chat template's system prompt in front.
+
+Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE and the two projections.
+Frozen: both encoders and the LLM's base weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peft
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import (
+    AutoTokenizer,
+    ClapAudioConfig,
+    ClapAudioModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+from meerkat_core import config as cfgmod
+from meerkat_core import prompts
+from meerkat_core.alignment import ot_loss
+from meerkat_core.attention import AVACE, attention_consistency_loss
+from meerkat_core.batching import IGNORE_INDEX
+from meerkat_core.config import ModelConfig
+from meerkat_core.encoders import AudioEncoder, ImageEncoder
+from meerkat_core.tokenizer import load_tokenizer
+
+
+@dataclass
+class MediaTokens:
+    img: torch.Tensor
+    """``[B, M', D_T]`` image tokens for the LLM."""
+    aud: torch.Tensor
+    """``[B, N, D_T]`` audio tokens for the LLM."""
+    attn_map: torch.Tensor
+    """``[B, h, w]`` AVACE map in [0, 1]."""
+    img_proj: torch.Tensor
+    aud_proj: torch.Tensor
+
+
+class MeerkatModel(nn.Module):
+    """The audio-visual LLM, composed from parts that are built elsewhere (see :func:`build_model`)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        image_encoder: ImageEncoder,
+        audio_encoder: AudioEncoder,
+        avace: AVACE,
+        llm: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        self.audio_encoder = audio_encoder
+        self.avace = avace
+        llm_dim = llm.get_input_embeddings().embedding_dim
+        self.img_to_llm = nn.Linear(config.avace.dim, llm_dim)
+        self.aud_to_llm = nn.Linear(config.avace.dim, llm_dim)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
+
+    # -- media -------------------------------------------------------------------------------
+    def encode_media(self, pixel_values: torch.Tensor, audio_features: torch.Tensor) -> MediaTokens:
+        z_img = self.image_encoder(pixel_values)[:, 1:]  # [B, M, D_I], CLS dropped: AVACE wants the grid
+        z_aud = self.audio_encoder(audio_features)  # [B, N, D_A]
+        av = self.avace(z_img.float(), z_aud.float())
+        img = av.img
+        k = self.config.llm_image_pool
+        if k > 1:
+            b, m, d = img.shape
+            g = self.avace.grid
+            img = (
+                F.avg_pool2d(img.transpose(1, 2).reshape(b, d, g, g), k).flatten(2).transpose(1, 2)
+            )  # [B, M/k², d]
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        return MediaTokens(
+            img=self.img_to_llm(img).to(dtype),
+            aud=self.aud_to_llm(av.aud).to(dtype),
+            attn_map=av.attn_map,
+            img_proj=av.img_proj,
+            aud_proj=av.aud_proj,
+        )
+
+    def _merge(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        media: MediaTokens,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Splice the media tokens in place of ``<image>`` / ``<audio>``: ``[B, L] -> [B, L - 2 + M' + N, D_T]``."""
+        text = self.llm.get_input_embeddings()(input_ids)  # [B, L, D_T]
+        embeds, masks, labs = [], [], []
+        for i in range(input_ids.shape[0]):
+            ids = input_ids[i]
+            img_pos = (ids == self.image_token_id).nonzero()
+            aud_pos = (ids == self.audio_token_id).nonzero()
+            if len(img_pos) != 1 or len(aud_pos) != 1:
+                raise ValueError(
+                    f"sample {i} must hold exactly one {prompts.IMAGE_TOKEN} and one {prompts.AUDIO_TOKEN}"
+                )
+            p, q = sorted((int(img_pos[0]), int(aud_pos[0])))
+            first, second = (
+                (media.img[i], media.aud[i]) if p == int(img_pos[0]) else (media.aud[i], media.img[i])
+            )
+            embeds.append(torch.cat([text[i, :p], first, text[i, p + 1 : q], second, text[i, q + 1 :]]))
+            ones = attention_mask.new_ones
+            masks.append(
+                torch.cat(
+                    [
+                        attention_mask[i, :p],
+                        ones(len(first)),
+                        attention_mask[i, p + 1 : q],
+                        ones(len(second)),
+                        attention_mask[i, q + 1 :],
+                    ]
+                )
+            )
+            if labels is not None:
+                ign = labels.new_full
+                labs.append(
+                    torch.cat(
+                        [
+                            labels[i, :p],
+                            ign((len(first),), IGNORE_INDEX),
+                            labels[i, p + 1 : q],
+                            ign((len(second),), IGNORE_INDEX),
+                            labels[i, q + 1 :],
+                        ]
+                    )
+                )
+        return torch.stack(embeds), torch.stack(masks), (torch.stack(labs) if labels is not None else None)
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms of Eq. 4 (scalars) and the AVACE map ``attn_map [B, h, w]``."""
+        media = self.encode_media(batch["pixel_values"], batch["audio_features"])
+        embeds, mask, labels = self._merge(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], media
+        )
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left or right padding alike
+        logits = self.llm(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        ).logits  # [B, L', V]
+        targets = labels[:, 1:]
+        n_tokens = (targets != IGNORE_INDEX).sum()
+        loss_ce = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        ) / n_tokens.clamp_min(1)
+
+        lc = self.config.loss
+        zero = loss_ce.new_zeros(())
+        b = embeds.shape[0]
+        pair = batch.get("ot_pair", torch.ones(b, dtype=torch.bool, device=embeds.device)).bool()
+        with contextlib.nullcontext() if lc.lambda_ot > 0 else torch.no_grad():
+            loss_ot = (
+                ot_loss(
+                    media.img_proj[pair],
+                    media.aud_proj[pair],
+                    solver=lc.ot_solver,
+                    reg=lc.ot_reg,
+                    n_iters=lc.ot_iters,
+                ).mean()
+                if pair.any()
+                else zero
+            )
+        has_box = batch.get("has_box", torch.zeros(b, dtype=torch.bool, device=embeds.device)).bool()
+        with contextlib.nullcontext() if lc.lambda_ac > 0 else torch.no_grad():
+            loss_ac = (
+                attention_consistency_loss(
+                    media.attn_map[has_box],
+                    batch["box_mask"][has_box],
+                    lc.ac_lambda1,
+                    lc.ac_lambda2,
+                    lc.ac_eps1,
+                    lc.ac_eps2,
+                ).mean()
+                if has_box.any()
+                else zero
+            )
+        loss = loss_ce + lc.lambda_ot * loss_ot + lc.lambda_ac * loss_ac
+        return {
+            "loss": loss,
+            "loss_ce": loss_ce,
+            "loss_ot": loss_ot,
+            "loss_ac": loss_ac,
+            "attn_map": media.attn_map,
+        }
+
+    # -- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        max_new_tokens: int = 48,
+        temperature: float = 0.0,
+        return_attention: bool = False,
+    ) -> list[str] | tuple[list[str], torch.Tensor]:
+        """Answer texts for left-padded prompts (``labels`` ignored); greedy when ``temperature == 0``."""
+        media = self.encode_media(batch["pixel_values"], batch["audio_features"])
+        embeds, mask, _ = self._merge(batch["input_ids"], batch["attention_mask"], None, media)
+        sampling = (
+            {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        )
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+            **sampling,
+        )
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return (texts, media.attn_map) if return_attention else texts
+
+    # -- state -------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trained parameters: LoRA (or the full LLM), AVACE, projections."""
+        return {n: p.detach().cpu() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = {n for n, p in self.named_parameters() if p.requires_grad}
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise KeyError(f"trainable state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    def save_pretrained(self, directory: str | Path, *, seed: int, pretrained: bool) -> Path:
+        """Write ``config.json``, ``trainable.pt`` and ``tokenizer/``; enough for :func:`load_model`.
+
+        Frozen base weights are not written: they are rebuilt from ``name_or_path`` (paper) or
+        from the recorded ``seed`` (random init, tiny).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"model": cfgmod.to_dict(self.config), "seed": seed, "pretrained": pretrained}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2))
+        torch.save(self.trainable_state_dict(), directory / "trainable.pt")
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        return directory
+
+
+def count_parameters(
+    module: nn.Module, *, trainable: bool | None = None, name_contains: str | None = None
+) -> int:
+    return sum(
+        p.numel()
+        for n, p in module.named_parameters()
+        if (trainable is None or p.requires_grad == trainable)
+        and (name_contains is None or name_contains in n)
+    )
+
+
+def _clip(cfg: cfgmod.ImageEncoderConfig, pretrained: bool) -> CLIPVisionModel:
+    if pretrained and cfg.name_or_path:
+        return CLIPVisionModel.from_pretrained(cfg.name_or_path)
+    return CLIPVisionModel(
+        CLIPVisionConfig(
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+        )
+    )
+
+
+def _clap(cfg: cfgmod.AudioEncoderConfig, pretrained: bool) -> ClapAudioModel:
+    if pretrained and cfg.name_or_path:
+        return ClapAudioModel.from_pretrained(cfg.name_or_path)
+    return ClapAudioModel(
+        ClapAudioConfig(
+            spec_size=cfg.spec_size,
+            patch_size=cfg.patch_size,
+            patch_stride=[cfg.patch_size, cfg.patch_size],
+            patch_embeds_hidden_size=cfg.patch_embeds_hidden_size,
+            depths=list(cfg.depths),
+            num_attention_heads=list(cfg.num_attention_heads),
+            window_size=cfg.window_size,
+            hidden_size=cfg.hidden_size,
+            num_mel_bins=cfg.num_mel_bins,
+            enable_fusion=False,
+        )
+    )
+
+
+def _llama(
+    cfg: cfgmod.LLMConfig, tokenizer: PreTrainedTokenizerBase, pretrained: bool, dtype: torch.dtype
+) -> LlamaForCausalLM:
+    if pretrained and cfg.name_or_path:
+        llm = LlamaForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype)
+    else:
+        llm = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=max(cfg.vocab_size, len(tokenizer)),
+                hidden_size=cfg.hidden_size,
+                intermediate_size=cfg.intermediate_size,
+                num_hidden_layers=cfg.num_hidden_layers,
+                num_attention_heads=cfg.num_attention_heads,
+                num_key_value_heads=cfg.num_key_value_heads,
+                max_position_embeddings=cfg.max_position_embeddings,
+                rms_norm_eps=cfg.rms_norm_eps,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                tie_word_embeddings=False,
+            )
+        ).to(dtype)
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    return llm
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    pretrained: bool,
+    device: str | torch.device = "cpu",
+    llm_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> MeerkatModel:
+    """Build the model from a config.
+
+    Args:
+        config: a preset from :data:`~meerkat_core.config.PRESETS` or any :class:`ModelConfig`.
+        pretrained: load encoder and LLM weights from their ``name_or_path`` (hub or directory);
+            ``False`` builds the same shapes with random weights and never touches the network.
+        device: where to build; ``"meta"`` allocates nothing (shape checks of the paper preset).
+        llm_dtype: dtype of the LLM base weights (bf16 on GPUs).
+        seed: seeds every random initialisation, so the frozen random weights of a ``tiny`` model
+            are reproduced exactly when a checkpoint is loaded.
+        tokenizer: use this tokenizer (a checkpoint's own) instead of loading one.
+    """
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.tokenizer if pretrained else None)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        image = ImageEncoder(_clip(config.image, pretrained), freeze=config.freeze_encoders)
+        audio = AudioEncoder(_clap(config.audio, pretrained), freeze=config.freeze_encoders)
+        llm = _llama(config.llm, tokenizer, pretrained, llm_dtype)
+        for p in llm.parameters():
+            p.requires_grad_(False)
+        if config.lora.full_finetune:
+            for p in llm.parameters():
+                p.requires_grad_(True)
+        else:
+            llm = peft.get_peft_model(
+                llm,
+                peft.LoraConfig(
+                    r=config.lora.r,
+                    lora_alpha=config.lora.alpha,
+                    lora_dropout=config.lora.dropout,
+                    target_modules=list(config.lora.target_modules),
+                    modules_to_save=list(config.lora.modules_to_save) or None,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        avace = AVACE(
+            image.dim, audio.dim, config.avace.dim, config.avace.num_heads, image.grid, config.avace.dropout
+        )
+        model = MeerkatModel(config, image, audio, avace, llm, tokenizer)
+    return model
+
+
+def load_model(
+    directory: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
+) -> MeerkatModel:
+    """Rebuild a model written by :meth:`MeerkatModel.save_pretrained` and load its trained state."""
+    directory = Path(directory)
+    meta = json.loads((directory / "config.json").read_text())
+    config = cfgmod.from_dict(ModelConfig, meta["model"])
+    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+    model = build_model(
+        config,
+        pretrained=meta["pretrained"],
+        device="cpu",
+        seed=meta["seed"],
+        tokenizer=tokenizer,
+        **overrides,
+    )
+    state = torch.load(directory / "trainable.pt", map_location="cpu", weights_only=True)
+    model.load_trainable_state_dict(state)
+    return model.to(device).eval()

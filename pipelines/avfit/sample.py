@@ -1,0 +1,90 @@
+"""The AVFIT sample contract shared by every source, the shard writer and the readers.
+
+A *sample* is what a source (a converter or the procedural world) yields::
+
+    {
+        "__key__": "vggss-UyCw7pCgYg8_000055-arig-0",   # unique, [A-Za-z0-9_-] only (no dots)
+        "image": bytes | pathlib.Path,                    # encoded image (JPEG/PNG) or a file path
+        "audio": bytes | pathlib.Path,                    # encoded audio (FLAC/WAV) or a file path
+        "json": {...},                                    # the metadata below
+    }
+
+and a shard holds it as three tar members ``<key>.jpg``, ``<key>.flac``, ``<key>.json``
+(the shard writer re-encodes other formats).
+
+The ``json`` metadata always has ``task``, ``source``, ``split``, ``instruction`` and ``answer``;
+per task it also carries:
+
+=========  ================================================================================
+task       extra fields
+=========  ================================================================================
+arig       ``boxes``: list of ``[x1, y1, x2, y2]`` normalised to [0, 1] (ground truth of the
+           sounding object; several for several annotators/instances)
+igatl      ``segments``: list of ``[t_start, t_end]`` seconds; ``duration`` seconds
+avfact     ``fact_type`` 1-4, ``label`` bool; ``boxes``/``segments`` given in the statement
+avqa       ``qa_category`` (Existential, Temporal, Localisation, Count, World Knowledge, ...)
+avc        ``references``: list of reference captions
+=========  ================================================================================
+
+Optional everywhere: ``duration`` (s), ``paired`` (bool, False when the audio was deliberately
+mismatched with the image: such a pair is excluded from the OT loss), ``boxes`` (any task may
+carry the sounding object's box; the AC loss uses it), ``objects`` (procedural world: every
+object's ``class`` and ``box`` and whether it ``sounds``), ``label_text`` (class names).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+TASKS: tuple[str, ...] = ("arig", "igatl", "avfact", "avqa", "avc")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+REQUIRED_FIELDS: tuple[str, ...] = ("task", "source", "split", "instruction", "answer")
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "arig": ("boxes",),
+    "igatl": ("segments", "duration"),
+    "avfact": ("fact_type", "label"),
+    "avqa": ("qa_category",),
+    "avc": ("references",),
+}
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class SampleError(ValueError):
+    """A sample that breaks the contract (missing field, bad key, malformed box)."""
+
+
+def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Check a sample's metadata against the contract; return it unchanged or raise SampleError."""
+    if not isinstance(meta, dict):
+        raise SampleError(f"sample metadata must be a dict, got {type(meta).__name__}")
+    missing = [f for f in REQUIRED_FIELDS if f not in meta]
+    if missing:
+        raise SampleError(f"sample metadata lacks {missing}")
+    task = meta["task"]
+    if task not in TASKS:
+        raise SampleError(f"unknown task {task!r}; expected one of {TASKS}")
+    missing = [f for f in TASK_FIELDS[task] if f not in meta]
+    if missing:
+        raise SampleError(f"{task} sample lacks {missing}")
+    for box in meta.get("boxes", []) or []:
+        if (
+            len(box) != 4
+            or not all(0.0 <= float(v) <= 1.0 for v in box)
+            or box[0] > box[2]
+            or box[1] > box[3]
+        ):
+            raise SampleError(f"box {box} is not [x1, y1, x2, y2] normalised to [0, 1]")
+    for seg in meta.get("segments", []) or []:
+        if len(seg) != 2 or float(seg[0]) < 0 or float(seg[0]) > float(seg[1]):
+            raise SampleError(f"segment {seg} is not [t_start, t_end] seconds with start <= end")
+    if task == "avfact" and int(meta["fact_type"]) not in (1, 2, 3, 4):
+        raise SampleError(f"fact_type must be 1-4, got {meta['fact_type']!r}")
+    return meta
+
+
+def validate_key(key: str) -> str:
+    """WebDataset splits member names at the first dot: keys must be dot-free and tar-safe."""
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise SampleError(f"sample key {key!r} must match {_KEY_RE.pattern}")
+    return key

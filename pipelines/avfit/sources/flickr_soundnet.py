@@ -1,0 +1,102 @@
+"""Flickr-SoundNet sound-source test set (Senocak et al., CVPR 2018) -> ARIG samples (test only).
+
+Layout under ``root`` (as the ``hche11``/``EZ-VSL``/``ACL-SSL`` loaders read it)::
+
+    flickr_test.csv              <flickr_id>,<second column>; no header, CRLF
+    Annotations/<flickr_id>.xml  the annotators' boxes
+    frames/<flickr_id>.jpg       (or a folder frames/<flickr_id>/: the middle frame is used)
+    audio/<flickr_id>.wav
+
+The box XML is **documented, no real excerpt**: no public copy of any file could be read, so this
+parser follows the loaders' code. Every grandchild of the root whose tag is ``bbox`` is one box;
+inside it the first child is skipped and the next four are ``xmin, ymin, xmax, ymax`` in integer
+pixels of a 256 x 256 frame (the loaders rescale them by 224/256 whatever the JPEG's size), so they
+are normalised by 256, not by the image header. All annotators' boxes (usually 3) are kept in
+``boxes``; the answer is their consensus, the per-coordinate median, where the loaders' ground-truth
+map is the area at least two annotators agree on.
+
+``flickr_test.csv`` exists in two variants under the same name: the ``hche11`` one (249 rows) has an
+undocumented integer second column that no loader reads; the ``ACL-SSL`` one (250 rows) has a class
+text (``child singing``), which is kept as ``label_text``. The 250-line ``test_list.txt``
+(``<id>.png``) is not read: the CSV is what the published evaluations use.
+"""
+
+from __future__ import annotations
+
+import statistics
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipelines.avfit.sources._common import (
+    Box,
+    Sample,
+    SampleWriter,
+    check_split,
+    clean_box,
+    find_frame,
+    media_present,
+    read_rows,
+    rng_for,
+)
+
+NAME = "flickr_soundnet"
+SPLITS = ("test",)
+FRAME_SIZE = 256  # pixels; the annotation frame, per the loaders' int(224 * v / 256)
+
+
+def read_boxes(path: Path, stats: Counter) -> list[Box]:
+    """The normalised boxes of one annotation XML; bad ones are dropped and counted."""
+    boxes = []
+    for child in ET.parse(path).getroot():
+        for node in child:
+            if node.tag != "bbox":
+                continue
+            values = [field.text for field in list(node)[1:5]]
+            box = clean_box(values, stats, width=FRAME_SIZE, height=FRAME_SIZE)
+            if box is not None:
+                boxes.append(box)
+    return boxes
+
+
+def consensus_box(boxes: list[Box]) -> Box:
+    """Per-coordinate median of the annotators' boxes."""
+    return [statistics.median(box[i] for box in boxes) for i in range(4)]
+
+
+def iter_samples(
+    root: str | Path, split: str, *, seed: int = 0, stats: Counter | None = None
+) -> Iterator[Sample]:
+    """ARIG samples of the Flickr-SoundNet test set; skipped records are counted in ``stats``."""
+    check_split(NAME, split, SPLITS)
+    root = Path(root)
+    stats = Counter() if stats is None else stats
+    writer = SampleWriter(NAME, split, stats)
+    for row in read_rows(root / "flickr_test.csv"):
+        flickr_id = row[0]
+        label = row[1] if len(row) > 1 and not row[1].isdigit() else None
+        image = find_frame(root / "frames", flickr_id)
+        audio = root / "audio" / f"{flickr_id}.wav"
+        annotation = root / "Annotations" / f"{flickr_id}.xml"
+        if not media_present(stats, image, audio):
+            continue
+        if not annotation.is_file():
+            stats["missing_annotation"] += 1
+            continue
+        boxes = read_boxes(annotation, stats)
+        if not boxes:
+            stats["no_box"] += 1
+            continue
+        fields = {} if label is None else {"label_text": label}
+        sample = writer.arig(
+            flickr_id,
+            image,
+            audio,
+            boxes,
+            rng_for(NAME, split, seed, flickr_id),
+            answer_box=consensus_box(boxes),
+            **fields,
+        )
+        if sample is not None:
+            yield sample

@@ -1,0 +1,87 @@
+"""AVACE: Eq. 3 on hand-computed cases, and a map that is spatial, in [0, 1], and learnable."""
+
+import pytest
+import torch
+
+from meerkat_core.attention import AVACE, attention_consistency_loss
+
+
+def _mask() -> torch.Tensor:
+    m = torch.zeros(1, 4, 4)
+    m[0, 1:3, 0:2] = 1.0  # 4 cells inside, 12 outside
+    return m
+
+
+def test_attention_equal_to_mask_costs_zero():
+    m = _mask()
+    assert attention_consistency_loss(m, m).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_attention_opposite_to_mask_costs_lambda_sum():
+    m = _mask()
+    loss = attention_consistency_loss(1 - m, m, lambda1=0.3, lambda2=0.6)
+    assert loss.item() == pytest.approx(0.9, abs=1e-5)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.25, 0.8, 1.0])
+def test_constant_attention(c):
+    m = _mask()
+    loss = attention_consistency_loss(torch.full_like(m, c), m, lambda1=0.5, lambda2=0.5)
+    assert loss.item() == pytest.approx(0.5 * (1 - c) + 0.5 * c, abs=1e-5)
+
+
+def test_hand_computed_partial_overlap():
+    m = _mask()
+    a = torch.zeros(1, 4, 4)
+    a[0, 1, 0] = 1.0  # one inside cell fully attended
+    a[0, 0, 3] = 0.6  # one outside cell
+    # inside: 1/4 ; outside: 0.6/12
+    expected = 0.7 * (1 - 0.25) + 0.2 * (0.6 / 12)
+    assert attention_consistency_loss(a, m, 0.7, 0.2, 0.0, 0.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_eps_terms_enter_denominators():
+    m = _mask()
+    a = m.clone()
+    loss = attention_consistency_loss(a, m, 0.5, 0.5, eps1=4.0, eps2=0.0)
+    assert loss.item() == pytest.approx(0.5 * (1 - 4 / 8), rel=1e-6)
+
+
+def test_per_sample_output_and_shape_check():
+    m = torch.stack([_mask()[0], 1 - _mask()[0]])
+    a = torch.stack([_mask()[0], _mask()[0]])
+    loss = attention_consistency_loss(a, m)
+    assert loss.shape == (2,)
+    assert loss[0].item() == pytest.approx(0.0, abs=1e-5) and loss[1].item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError):
+        attention_consistency_loss(a, m[:, :3])
+
+
+def test_avace_map_is_normalised_and_input_dependent():
+    torch.manual_seed(0)
+    avace = AVACE(img_dim=12, aud_dim=10, dim=16, num_heads=4, grid=4)
+    out = avace(torch.randn(3, 16, 12), torch.randn(3, 5, 10))
+    assert out.attn_map.shape == (3, 4, 4)
+    assert out.attn_map.min() >= 0 and torch.allclose(out.attn_map.amax(dim=(1, 2)), torch.ones(3))
+    # not the constant map that averaging softmax rows over keys would give
+    assert (out.attn_map.amax(dim=(1, 2)) - out.attn_map.amin(dim=(1, 2))).min() > 1e-3
+    assert out.img.shape == (3, 16, 16) and out.aud.shape == (3, 5, 16)
+
+
+def test_ac_loss_moves_avace_attention_into_the_box():
+    """Minimising L_AC alone must put the audio->image attention on the box: the map is trainable."""
+    torch.manual_seed(0)
+    avace = AVACE(img_dim=12, aud_dim=10, dim=16, num_heads=2, grid=4)
+    img, aud = torch.randn(8, 16, 12), torch.randn(8, 5, 10)
+    mask = _mask().expand(8, 4, 4)
+    opt = torch.optim.Adam(avace.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = attention_consistency_loss(avace(img, aud).attn_map, mask).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    attn = avace(img, aud).attn_map
+    assert (attn * mask).sum() / mask.sum() > 2 * (attn * (1 - mask)).sum() / (1 - mask).sum()

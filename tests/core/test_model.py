@@ -1,0 +1,186 @@
+"""MeerkatModel on the tiny preset (and the paper preset's shapes on the meta device)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from meerkat_core import batching, grounding, prompts
+from meerkat_core.batching import IGNORE_INDEX
+from meerkat_core.config import PRESETS
+from meerkat_core.model import build_model, count_parameters, load_model
+
+TINY = PRESETS["tiny"]
+GRID = TINY.image.grid
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(TINY, pretrained=False, seed=0)
+
+
+def make_batch(model, answers, boxes=None, seed=0, ot_pair=None):
+    tok = model.tokenizer
+    examples = [
+        batching.encode_example(
+            tok, prompts.render_instruction("arig", random.Random(i)), a, TINY.max_text_tokens
+        )
+        for i, a in enumerate(answers)
+    ]
+    batch = batching.pad_text(examples, tok.pad_token_id)
+    batch.update(batching.box_masks(boxes or [None] * len(answers), GRID))
+    pixels, audio = [], []
+    for i in range(len(answers)):  # per-sample generators: sample i is the same whatever the batch size
+        g = torch.Generator().manual_seed(1000 * seed + i)
+        pixels.append(torch.randn(3, 224, 224, generator=g))
+        audio.append(torch.randn(1, 1, TINY.audio.frames_per_window, TINY.audio.num_mel_bins, generator=g))
+    batch["pixel_values"] = torch.stack(pixels)
+    batch["audio_features"] = torch.stack(audio)
+    if ot_pair is not None:
+        batch["ot_pair"] = torch.tensor(ot_pair)
+    return batch
+
+
+def test_loss_terms_finite_and_gradients_only_on_trainable(model):
+    model.zero_grad(set_to_none=True)
+    batch = make_batch(
+        model, ["[0.10, 0.20, 0.50, 0.60]", "[0.30, 0.30, 0.90, 0.70]"], boxes=[[[0.1, 0.2, 0.5, 0.6]], None]
+    )
+    out = model(batch)
+    for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
+        assert torch.isfinite(out[k]) and out[k].ndim == 0, k
+    assert out["loss_ot"] > 0 and out["loss_ac"] > 0
+    lc = TINY.loss
+    torch.testing.assert_close(
+        out["loss"], out["loss_ce"] + lc.lambda_ot * out["loss_ot"] + lc.lambda_ac * out["loss_ac"]
+    )
+    out["loss"].backward()
+    reached = {n for n, p in model.named_parameters() if p.grad is not None}
+    with_grad = {n for n in reached if dict(model.named_parameters())[n].grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert reached == trainable  # every trainable tensor gets a gradient, nothing frozen does
+    # lora_B starts at zero, so only it moves on the first step (lora_A's gradient is B^T-scaled)
+    assert any("lora_B" in n for n in with_grad) and any("lora_A" in n for n in reached)
+    assert any(n.startswith("avace.aud_to_img") for n in with_grad)
+    assert any(n.startswith("avace.img_in") for n in with_grad)
+    assert any(n.startswith("img_to_llm") for n in with_grad) and any(
+        n.startswith("aud_to_llm") for n in with_grad
+    )
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("image_encoder") for n in frozen) and any(
+        n.startswith("audio_encoder") for n in frozen
+    )
+    assert all(not (n.startswith(("image_encoder", "audio_encoder"))) for n in trainable)
+    # in the LLM only adapters and the preset's modules_to_save (tiny: lm_head) train
+    assert all(("lora_" in n) or ("modules_to_save" in n) for n in trainable if n.startswith("llm"))
+    assert count_parameters(model.llm, trainable=True) < 0.5 * count_parameters(model.llm)
+
+
+def test_no_boxes_gives_zero_ac_without_nan(model):
+    out = model(make_batch(model, ["[0.10, 0.20, 0.50, 0.60]", "[0.30, 0.30, 0.90, 0.70]"]))
+    assert out["loss_ac"].item() == 0.0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_negative_pairs_add_no_ot(model):
+    answers = ["True", "False"]
+    both = model(make_batch(model, answers, ot_pair=[True, True]))["loss_ot"]
+    first_only = model(make_batch(model, answers, ot_pair=[True, False]))["loss_ot"]
+    none = model(make_batch(model, answers, ot_pair=[False, False]))["loss_ot"]
+    alone = model(make_batch(model, answers[:1], ot_pair=[True]))["loss_ot"]
+    assert none.item() == 0.0
+    torch.testing.assert_close(first_only, alone)
+    assert abs(both.item() - first_only.item()) > 1e-6
+
+
+def test_ce_counts_every_samples_answer_tokens(model):
+    batch = make_batch(
+        model, ["[0.10, 0.20, 0.50, 0.60]", "A red circle beeps twice while a blue square hums."]
+    )
+    out = model(batch)
+    media = model.encode_media(batch["pixel_values"], batch["audio_features"])
+    embeds, mask, labels = model._merge(batch["input_ids"], batch["attention_mask"], batch["labels"], media)
+    logits = model.llm(inputs_embeds=embeds, attention_mask=mask).logits
+    per_sample_sum, per_sample_n = [], []
+    for i in range(2):
+        t = labels[i, 1:]
+        keep = t != IGNORE_INDEX
+        per_sample_sum.append(F.cross_entropy(logits[i, :-1][keep], t[keep], reduction="sum"))
+        per_sample_n.append(keep.sum())
+    assert per_sample_n[0] > 0 and per_sample_n[1] > per_sample_n[0]
+    expected = sum(per_sample_sum) / sum(per_sample_n)
+    torch.testing.assert_close(out["loss_ce"], expected, rtol=1e-4, atol=1e-5)
+    # the second sample's answer matters too
+    other = make_batch(model, ["[0.10, 0.20, 0.50, 0.60]", "Silence."])
+    assert abs(model(other)["loss_ce"].item() - out["loss_ce"].item()) > 1e-4
+
+
+def test_answer_labels_cover_answer_and_eos_only(model):
+    tok = model.tokenizer
+    ex = batching.encode_example(tok, "Where?", "[0.10, 0.20, 0.50, 0.60]", 160)
+    answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert tok.decode(answer, skip_special_tokens=True).strip() == "[0.10, 0.20, 0.50, 0.60]"
+    assert answer[-1] == tok.eos_token_id
+    with pytest.raises(batching.PromptTooLongError):
+        batching.encode_example(tok, "word " * 500, "x", 160)
+
+
+def test_paper_preset_shapes_on_meta_without_download():
+    m = build_model(PRESETS["paper"], pretrained=False, device="meta")
+    z = m.image_encoder(torch.empty(1, 3, 224, 224, device="meta"))
+    assert tuple(z.shape) == (1, 197, 768)
+    llm_cfg = m.llm.get_base_model().config
+    assert llm_cfg.hidden_size == 4096 and llm_cfg.num_hidden_layers == 32
+    assert count_parameters(m.llm, name_contains="lora_") == 33_554_432
+    assert m.audio_encoder.dim == 768
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(tmp_path, seed=0, pretrained=False)
+    again = load_model(tmp_path)
+    batch = make_batch(model, ["[0.10, 0.20, 0.50, 0.60]"], boxes=[[[0.1, 0.2, 0.5, 0.6]]])
+    model.eval()
+    torch.testing.assert_close(model(batch)["loss"], again(batch)["loss"])
+
+
+def test_tiny_overfits_eight_samples_and_generates_the_box():
+    torch.manual_seed(0)
+    model = build_model(TINY, pretrained=False, seed=1)
+    rng = random.Random(0)
+    boxes = []
+    for _ in range(8):
+        x1, y1 = rng.uniform(0, 0.5), rng.uniform(0, 0.5)
+        boxes.append([x1, y1, x1 + rng.uniform(0.2, 0.45), y1 + rng.uniform(0.2, 0.45)])
+    answers = [grounding.format_box(b) for b in boxes]
+    batch = make_batch(model, answers, boxes=[[b] for b in boxes], seed=3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
+    model.train()
+    first = last = None
+    for _step in range(300):
+        loss = model(batch)["loss_ce"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        (loss + 0.0).backward()
+        opt.step()
+        last = loss.item()
+        if last < 0.02 * first:
+            break
+    assert last <= 0.1 * first, (first, last)
+    model.eval()
+    tok = model.tokenizer
+    prompt = batching.encode_example(tok, prompts.render_instruction("arig", random.Random(2)), None, 160)
+    gen = batching.pad_text([prompt], tok.pad_token_id, side="left")
+    gen["pixel_values"] = batch["pixel_values"][2:3]
+    gen["audio_features"] = batch["audio_features"][2:3]
+    (text,) = model.generate(gen, max_new_tokens=24)
+    assert text == answers[2]
+    assert grounding.parse_box(text) is not None
