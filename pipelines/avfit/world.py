@@ -826,15 +826,15 @@ def _meta(scene: Scene, split: str, draft: _Draft, events: tuple[SoundEvent, ...
     return validate_meta(meta)
 
 
-def iter_samples(cfg: WorldConfig, split: str, n_scenes: int, seed: int) -> Iterator[dict]:
-    """Samples of scenes 0..n_scenes-1 of ``split``.
+def iter_samples(cfg: WorldConfig, split: str, n_scenes: int, seed: int, *, start: int = 0) -> Iterator[dict]:
+    """Samples of scenes start..start+n_scenes-1 of ``split`` (the build job's tasks take ranges).
 
     Scene ``i`` is seeded by ``(seed, split, i)`` alone, so it is the same whatever ``n_scenes`` is,
     and the splits never share a scene stream. Keys are ``world-{split}-{i:06d}-{task}-{n}``.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    for index in range(n_scenes):
+    for index in range(start, start + n_scenes):
         scene_seq, sample_seq = np.random.SeedSequence([seed, SPLITS.index(split), index]).spawn(2)
         scene = generate_scene(np.random.default_rng(scene_seq), cfg)
         yield from scene_samples(

@@ -1,0 +1,1 @@
+"""Deployment and local-development tooling: the embedded local stack, cluster manifests, images."""

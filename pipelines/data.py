@@ -1,0 +1,335 @@
+"""Streaming AVFIT shards into model batches with Ray Data.
+
+    ds = build_dataset(DataConfig(uri="s3://meerkat/avfit/train"), model_config, tokenizer_dir=None)
+    for batch in ds.iter_torch_batches(batch_size=8, collate_fn=MeerkatCollate(pad_id)):
+        model(batch)
+
+Stages (each a callable class or function, testable with a hand-made dict):
+
+1. **read**: ``ray.data.read_binary_files`` of the shards listed in the split's ``manifest.json``
+   (S3 through ``pyarrow.fs.S3FileSystem`` with the endpoint override of :mod:`pipelines.storage`,
+   or local), one tar per row, file order shuffled per epoch (``FileShuffleConfig``).
+2. **untar** (:func:`untar`, ``flat_map``): webdataset's own tar iterator and key grouping,
+   with a handler that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated
+   tar makes it fail the whole read (checked with Ray 2.60), and the job with it; here the samples
+   before the damage are kept and the damage is counted.
+3. **preprocess** (:class:`Preprocess`, ``map_batches`` on an actor pool): JSON parsing and
+   contract check, task mixing, image/audio decoding and the model's preprocessing and
+   tokenization (:class:`meerkat_core.batching.SamplePreprocessor`, the same code Serve runs).
+   A sample with undecodable media or missing fields is skipped and counted.
+4. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest.
+
+Skips are counted by reason in a named Ray actor (:class:`SkipCounter`); the job reads
+:func:`skip_counts` and logs them.
+
+Task mixing: ``task_weights`` gives the wanted share of each task in the stream. The shards'
+manifest says how many samples each task has; every sample of task t is kept with probability
+``r_t / max(r)`` where ``r_t = w_t / n_t`` — the most under-represented task (per unit weight) is
+read in full, the others are thinned. The draw is a hash of (seed, epoch, key): reproducible, and a
+different subset each epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tarfile
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+import ray.data
+from ray.data.collate_fn import NumpyBatchCollateFn
+from webdataset import tariterators
+
+from meerkat_core import batching
+from meerkat_core.config import ModelConfig
+from meerkat_core.media import MediaError
+from meerkat_core.tokenizer import load_tokenizer
+from pipelines import storage
+from pipelines.avfit.sample import SampleError, validate_meta
+from pipelines.avfit.shards import read_manifest, shard_uris
+
+logger = logging.getLogger(__name__)
+
+SKIP_COUNTER_NAME = "meerkat-skip-counter"
+ROW_COLUMNS = ("pixel_values", "audio_features", "input_ids", "labels", "box_mask", "has_box", "ot_pair")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the shards are and how they are streamed."""
+
+    uri: str = "data/avfit/train"
+    """Shard directory of one split (with its ``manifest.json``): ``s3://bucket/prefix`` or a path."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """Wanted share per task (any scale); empty: the tasks as they come."""
+    tasks: tuple[str, ...] = ()
+    """Keep only these tasks (empty: all). The single-task ablation sets one."""
+    shuffle_buffer: int = 64
+    """Samples in each worker's local shuffle buffer (0: no local shuffle)."""
+    preprocess_actors: int = 1
+    """Actors decoding and preprocessing samples (each holds a tokenizer and a mel filter bank)."""
+    preprocess_cpus: float = 1.0
+    """Logical CPUs each preprocessing actor reserves. Leave room for the read tasks and the
+    training workers: actors that take every CPU of the cluster starve the reads and stall."""
+    preprocess_batch: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(w < 0 for w in self.task_weights.values()):
+            raise ValueError("task weights must be >= 0")
+
+
+@ray.remote(num_cpus=0)
+class SkipCounter:
+    """Counts of skipped samples by reason, shared by every stage of every job in the namespace."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def add(self, counts: dict[str, int]) -> None:
+        self._counts.update(counts)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+def skip_counter() -> Any:
+    """The named :class:`SkipCounter` of this job's namespace; call it on the driver first, so the
+    driver owns it and it outlives the stage workers that report to it."""
+    return SkipCounter.options(name=SKIP_COUNTER_NAME, get_if_exists=True).remote()
+
+
+def skip_counts() -> dict[str, int]:
+    return ray.get(skip_counter().counts.remote())
+
+
+def _report(counts: Counter[str]) -> None:
+    """Send a stage's skip counts to the job's counter (a stage run outside Ray only logs them)."""
+    if not counts:
+        return
+    if not ray.is_initialized():  # ray.get_actor would start a local Ray just to find nothing
+        logger.warning("skipped samples (outside Ray, not counted by a job): %s", dict(counts))
+        return
+    try:
+        ray.get_actor(SKIP_COUNTER_NAME).add.remote(dict(counts))
+    except (ValueError, RuntimeError):
+        logger.warning("skipped samples (no job counter to report to): %s", dict(counts))
+
+
+def task_keep_probs(task_counts: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, float]:
+    """Per-task keep probability that turns the shard composition into the wanted task shares."""
+    if not weights:
+        return {t: 1.0 for t in task_counts}
+    rates = {t: weights.get(t, 0.0) / n for t, n in task_counts.items() if n > 0}
+    top = max(rates.values(), default=0.0)
+    if top <= 0:
+        raise ValueError(
+            f"task weights {dict(weights)} select none of the tasks present {sorted(task_counts)}"
+        )
+    return {t: r / top for t, r in rates.items()}
+
+
+def _unit_hash(*parts: object) -> float:
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def untar(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``flat_map`` stage: one tar (``{"bytes", "path"}``) -> its samples as ``{"__key__", "jpg", "flac", "json"}``."""
+    counts: Counter[str] = Counter()
+
+    def handler(exc: Exception) -> bool:
+        counts["corrupt_tar"] += 1
+        logger.warning(
+            "shard %s is damaged (%s); keeping the samples before the damage", row.get("path"), exc
+        )
+        return False  # stop reading this tar; what was read stays
+
+    def files() -> Iterator[dict[str, Any]]:
+        for member in tariterators.tar_file_iterator(io.BytesIO(row["bytes"]), handler=handler):
+            member["__url__"] = row.get("path", "")  # group_by_keys wants it on every member
+            yield member
+
+    try:
+        for sample in tariterators.group_by_keys(files(), handler=handler):
+            yield {
+                "__key__": sample["__key__"],
+                "__url__": row.get("path", ""),
+                "jpg": sample.get("jpg"),
+                "flac": sample.get("flac"),
+                "json": sample.get("json"),
+            }
+    except (tarfile.TarError, OSError, EOFError) as exc:  # a header cut short fails outside the handler
+        handler(exc)
+    finally:
+        _report(counts)
+
+
+class Preprocess:
+    """``map_batches`` stage: raw members -> model rows (see :class:`meerkat_core.batching.SamplePreprocessor`).
+
+    Args:
+        model_config: fixes image size, audio windows, patch grid and the text budget.
+        tokenizer_dir: the model's tokenizer (a checkpoint's ``tokenizer/`` or a hub name);
+            ``None``: the offline tokenizer of the tiny preset.
+        keep_probs: per-task keep probability (task mixing); tasks absent are dropped.
+        seed, epoch: make the mixing draw reproducible per epoch.
+        with_answer: ``False`` tokenizes prompts only (generation in evaluation).
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        tokenizer_dir: str | None,
+        keep_probs: Mapping[str, float] | None = None,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        with_answer: bool = True,
+        keep_meta: bool = False,
+    ) -> None:
+        self.prep = batching.SamplePreprocessor(model_config, load_tokenizer(tokenizer_dir))
+        self.keep_probs = dict(keep_probs) if keep_probs is not None else None
+        self.seed, self.epoch = seed, epoch
+        self.with_answer = with_answer
+        self.keep_meta = keep_meta
+
+    def _row(
+        self, key: str, jpg: Any, flac: Any, raw_json: Any, counts: Counter[str]
+    ) -> dict[str, Any] | None:
+        try:
+            if raw_json is None:
+                raise SampleError("no json member")
+            meta = validate_meta(json.loads(raw_json))
+        except (SampleError, ValueError, TypeError) as exc:
+            counts["bad_json"] += 1
+            logger.warning("skipping %s: %s", key, exc)
+            return None
+        if self.keep_probs is not None:
+            p = self.keep_probs.get(meta["task"], 0.0)
+            if p < 1.0 and _unit_hash(self.seed, self.epoch, key) >= p:
+                return None
+        if jpg is None or flac is None:
+            counts["missing_media"] += 1
+            return None
+        try:
+            row = self.prep(bytes(jpg), bytes(flac), meta, with_answer=self.with_answer)
+        except MediaError as exc:
+            counts["bad_media"] += 1
+            logger.warning("skipping %s: %s", key, exc)
+            return None
+        except ValueError as exc:
+            counts["bad_sample"] += 1
+            logger.warning("skipping %s: %s", key, exc)
+            return None
+        row["__key__"] = key
+        row["task"] = meta["task"]
+        if self.keep_meta:
+            row["meta"] = json.dumps(meta)
+        return row
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        counts: Counter[str] = Counter()
+        rows = [
+            r
+            for r in (
+                self._row(k, j, f, m, counts)
+                for k, j, f, m in zip(
+                    batch["__key__"], batch["jpg"], batch["flac"], batch["json"], strict=True
+                )
+            )
+            if r is not None
+        ]
+        _report(counts)
+        return _columns(rows)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    if not rows:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for name in rows[0]:
+        values = [r[name] for r in rows]
+        if name in ("input_ids", "labels"):  # ragged: one object per row
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values
+            out[name] = arr
+        else:
+            out[name] = np.stack(values) if isinstance(values[0], np.ndarray) else np.asarray(values)
+    return out
+
+
+class MeerkatCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate: pad ragged text (right for training, left for generation)."""
+
+    def __init__(self, pad_id: int, side: str = "right") -> None:
+        self.pad_id = pad_id
+        self.side = side
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["input_ids"])
+        rows = [{c: batch[c][i] for c in ROW_COLUMNS} for i in range(n)]
+        out: dict[str, Any] = batching.collate(rows, self.pad_id, side=self.side)
+        out["__key__"] = list(batch["__key__"])
+        out["task"] = list(batch["task"])
+        if "meta" in batch:
+            out["meta"] = [json.loads(m) for m in batch["meta"]]
+        return out
+
+
+def read_tars(uri: str, *, shuffle_seed: int | None) -> ray.data.Dataset:
+    """One row per shard of the split at ``uri`` (``{"bytes", "path"}``), file order shuffled when seeded."""
+    uris = shard_uris(uri)
+    if not uris:
+        raise ValueError(f"the manifest at {uri} lists no shards")
+    fs, _ = storage.pyarrow_fs(uris[0])
+    paths = [storage.pyarrow_fs(u)[1] for u in uris]
+    shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
+    # Reading a tar is I/O: a small CPU reservation keeps reads schedulable beside busy actors.
+    return ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=0.1)
+
+
+def build_dataset(
+    cfg: DataConfig,
+    model_config: ModelConfig,
+    tokenizer_dir: str | None,
+    *,
+    epoch: int = 0,
+    shuffle: bool = True,
+    with_answer: bool = True,
+    keep_meta: bool = False,
+) -> ray.data.Dataset:
+    """The preprocessed stream of one split, ready for ``iter_torch_batches(collate_fn=MeerkatCollate(...))``."""
+    manifest = read_manifest(cfg.uri)
+    task_counts = dict(manifest["counts"]["task"])
+    if cfg.tasks:
+        task_counts = {t: n for t, n in task_counts.items() if t in cfg.tasks}
+        if not task_counts:
+            raise ValueError(
+                f"none of the tasks {cfg.tasks} is in {cfg.uri} (it has {sorted(manifest['counts']['task'])})"
+            )
+    weights = cfg.task_weights or ({t: float(n) for t, n in task_counts.items()} if cfg.tasks else {})
+    keep = task_keep_probs(task_counts, weights) if (weights or cfg.tasks) else None
+    ds = read_tars(cfg.uri, shuffle_seed=(cfg.seed * 100_003 + epoch) if shuffle else None)
+    skip_counter()
+    ds = ds.flat_map(untar)
+    return ds.map_batches(
+        Preprocess,
+        fn_constructor_args=(model_config, tokenizer_dir, keep),
+        fn_constructor_kwargs={
+            "seed": cfg.seed,
+            "epoch": epoch,
+            "with_answer": with_answer,
+            "keep_meta": keep_meta,
+        },
+        batch_size=cfg.preprocess_batch,
+        concurrency=cfg.preprocess_actors,
+        num_cpus=cfg.preprocess_cpus,
+    )

@@ -1,0 +1,455 @@
+"""Distributed LoRA fine-tuning of Meerkat on Ray Train, tracked in MLflow.
+
+    ray job submit --address http://127.0.0.1:8265 -- \\
+        python -m pipelines.train --config pipelines/configs/tiny.yaml [data.uri=s3://meerkat/avfit/train ...]
+
+One ``TorchTrainer``: N workers (``scaling``), each reading its split of the AVFIT stream
+(:mod:`pipelines.data`) and minimising ``CE + λ_OT·OT + λ_AC·AC`` (:class:`MeerkatModel`). DDP
+(gloo on CPU, NCCL on GPU) by default; ``scaling.strategy: fsdp`` shards the frozen base for the
+paper preset — chosen over DeepSpeed because it is torch-native (no extra build, no JSON config),
+Ray Train prepares it with one call, and with ``use_orig_params`` it handles the frozen-base +
+LoRA mix; the 7B base in bf16 (13.5 GB) then spreads over the GPUs of a node instead of being
+copied on each. bf16 autocast on GPU. Gradient accumulation to ``optim.effective_batch``
+(the paper's 128), linear warm-up then cosine decay, task mixing by ``data.task_weights``.
+
+Checkpoints hold only what training changes — the trainable state (LoRA, AVACE, projections),
+optimizer, scheduler, step and data position — every ``checkpoint.every`` steps, to the
+``RunConfig`` storage (S3 or local). Ray Train uploads a checkpoint completely before it becomes
+the run's latest, and keeps the last ``checkpoint.keep``. A worker that dies makes Ray Train restart
+the group (``max_failures``) from the latest checkpoint; re-submitting the same ``name`` resumes the
+run, the same MLflow run included (found by its ``meerkat.run_name`` tag).
+
+MLflow (rank 0 logs; metrics every ``log_every`` steps): the resolved config as params and as a
+file; ``train/loss``, ``train/loss_ce``, ``train/loss_ot``, ``train/loss_ac``, ``train/lr``,
+``train/grad_norm``, ``train/samples_per_s``, ``train/data_wait_frac``, ``train/skipped/<reason>``;
+and at the end the model, logged as a pyfunc and registered (``mlflow.register_as``), loadable with
+``pipelines.registry.load("models:/<name>/<version>")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meerkat_core.config import ModelConfig, from_dict, to_dict
+from pipelines.data import DataConfig
+
+logger = logging.getLogger("pipelines.train")
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    """Used only with ``use_gpu``."""
+    strategy: str = "ddp"
+    """"ddp" or "fsdp" (shards the frozen base; for the paper preset on GPUs)."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"scaling.strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        if self.num_workers < 1:
+            raise ValueError("scaling.num_workers must be >= 1")
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    max_steps: int = 300
+    """Optimizer steps of the whole run (a resumed run continues to this count)."""
+    batch_size: int = 8
+    """Samples per worker per micro-batch."""
+    effective_batch: int | None = None
+    """Samples per optimizer step over all workers (the paper: 128); ``None``: one micro-batch per
+    worker. Must be a multiple of ``batch_size * num_workers``."""
+    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.1
+    """The cosine decays to ``lr * min_lr_ratio``."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    every: int = 50
+    """Steps between checkpoints (also a ``ray.train.report``, a barrier of ~2 s: keep it sparse)."""
+    keep: int = 2
+
+
+@dataclass(frozen=True)
+class MLflowSpec:
+    tracking_uri: str | None = None
+    """``None``: ``MLFLOW_TRACKING_URI`` from the environment (the local stack sets it)."""
+    experiment: str = "meerkat"
+    register_as: str | None = "meerkat-tiny"
+    """Registered model name; ``None`` logs the model without registering it."""
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    name: str = "meerkat-tiny"
+    """Run name: the Ray Train run and the MLflow run. Re-submitting a name resumes that run."""
+    storage_uri: str = "data/runs"
+    """Where checkpoints go: ``s3://bucket/prefix`` or a local directory."""
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    """``{preset: tiny|paper, <ModelConfig overrides>}``."""
+    pretrained: bool = False
+    """Load encoder/LLM weights from the preset's ``name_or_path`` (the paper preset on a cluster)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    mlflow: MLflowSpec = field(default_factory=MLflowSpec)
+    max_failures: int = 2
+    log_every: int = 10
+    seed: int = 0
+    fail_at_step: int | None = None
+    """Testing only: rank 1 kills its own process at this step (first attempt only)."""
+
+    def __post_init__(self) -> None:
+        per_step = self.optim.batch_size * self.scaling.num_workers
+        if self.optim.effective_batch is not None and self.optim.effective_batch % per_step:
+            raise ValueError(
+                f"optim.effective_batch {self.optim.effective_batch} is not a multiple of "
+                f"batch_size x num_workers = {per_step}"
+            )
+
+    @property
+    def grad_accum(self) -> int:
+        per_step = self.optim.batch_size * self.scaling.num_workers
+        return 1 if self.optim.effective_batch is None else self.optim.effective_batch // per_step
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop (runs on every Ray Train worker)
+# --------------------------------------------------------------------------------------------------
+
+
+def _setup_model(cfg: TrainJobConfig, model_cfg: ModelConfig, device: torch.device):
+    import ray.train.torch
+
+    from meerkat_core.model import build_model
+
+    model = build_model(model_cfg, pretrained=cfg.pretrained, seed=cfg.seed)
+    if cfg.scaling.strategy == "fsdp":
+        wrapped = ray.train.torch.prepare_model(
+            model, parallel_strategy="fsdp", parallel_strategy_kwargs={"use_orig_params": True}
+        )
+    else:
+        wrapped = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+    return model, wrapped
+
+
+def _setup_optimizer(cfg: TrainJobConfig, model: torch.nn.Module):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    o = cfg.optim
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_lambda(s, o.warmup_steps, o.max_steps, o.min_lr_ratio)
+    )
+    return params, opt, sched
+
+
+def _save_checkpoint(directory: Path, model, opt, sched, state: dict[str, Any]) -> None:
+    model.save_pretrained(directory, seed=state["seed"], pretrained=state["pretrained"])
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, directory / "optim.pt")
+    (directory / "state.json").write_text(json.dumps(state))
+
+
+def _restore(checkpoint, model, opt, sched) -> dict[str, Any]:
+    with checkpoint.as_directory() as d:
+        d = Path(d)
+        model.load_trainable_state_dict(torch.load(d / "trainable.pt", map_location="cpu", weights_only=True))
+        optim_state = torch.load(d / "optim.pt", map_location="cpu", weights_only=False)
+        opt.load_state_dict(optim_state["optimizer"])
+        sched.load_state_dict(optim_state["scheduler"])
+        return json.loads((d / "state.json").read_text())
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import mlflow
+    import ray.train
+    import ray.train.torch
+
+    from pipelines.data import MeerkatCollate, skip_counts
+
+    cfg = from_dict(TrainJobConfig, loop_config["job"])
+    model_cfg = from_dict(ModelConfig, loop_config["model"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+    device = ray.train.torch.get_device()
+    model, wrapped = _setup_model(cfg, model_cfg, device)
+    params, opt, sched = _setup_optimizer(cfg, model)
+
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "seed": cfg.seed,
+        "pretrained": cfg.pretrained,
+        "attempt": 0,
+    }
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = _restore(checkpoint, model, opt, sched)
+        state["attempt"] = state.get("attempt", 0) + 1
+        logger.info(
+            "rank %d resumed at step %d (epoch %d, batch %d)",
+            rank,
+            state["step"],
+            state["epoch"],
+            state["batch_in_epoch"],
+        )
+
+    if rank == 0:
+        mlflow.set_tracking_uri(loop_config["tracking_uri"])
+        mlflow.start_run(run_id=loop_config["mlflow_run_id"])
+    shard = ray.train.get_dataset_shard("train")
+    collate = MeerkatCollate(model.tokenizer.pad_token_id)
+    use_amp = device.type == "cuda"
+    accum = cfg.grad_accum
+    sums: dict[str, float] = {}
+    window_start, wait_s, window_samples = time.perf_counter(), 0.0, 0
+    grad_norm = torch.zeros(())
+    micro = 0
+    wrapped.train()
+
+    while state["step"] < cfg.optim.max_steps:
+        batches = iter(
+            shard.iter_torch_batches(
+                batch_size=cfg.optim.batch_size,
+                collate_fn=collate,
+                local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                local_shuffle_seed=cfg.seed * 1000 + state["epoch"] * 10 + rank,
+                drop_last=True,
+            )
+        )
+        to_skip = state["batch_in_epoch"]  # data position: batches of this epoch already trained on
+        while state["step"] < cfg.optim.max_steps:
+            t_wait = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            wait_s += time.perf_counter() - t_wait
+            if to_skip > 0:
+                to_skip -= 1
+                continue
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = wrapped(batch)
+            (out["loss"] / accum).backward()
+            for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
+                sums[k] = sums.get(k, 0.0) + out[k].detach().item()
+            sums["n"] = sums.get("n", 0) + 1
+            window_samples += len(batch["input_ids"])
+            state["batch_in_epoch"] += 1
+            micro += 1
+            if micro % accum:
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            state["step"] += 1
+            step = state["step"]
+            if (
+                cfg.fail_at_step is not None
+                and step == cfg.fail_at_step
+                and rank == 1
+                and state["attempt"] == 0
+            ):
+                logger.error("fail_at_step=%d: rank 1 kills itself to test fault tolerance", step)
+                os._exit(1)
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.optim.max_steps):
+                elapsed = time.perf_counter() - window_start
+                metrics = {f"train/{k}": v / sums["n"] for k, v in sums.items() if k != "n"}
+                metrics.update(
+                    {
+                        "train/lr": sched.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm),
+                        "train/samples_per_s": window_samples * world / max(elapsed, 1e-9),
+                        "train/data_wait_frac": wait_s / max(elapsed, 1e-9),
+                    }
+                )
+                metrics.update({f"train/skipped/{k}": float(v) for k, v in skip_counts().items()})
+                mlflow.log_metrics(metrics, step=step)
+                print(
+                    f"step {step}/{cfg.optim.max_steps} "
+                    + " ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items() if "/skipped/" not in k),
+                    flush=True,
+                )
+                sums, window_start, wait_s, window_samples = {}, time.perf_counter(), 0.0, 0
+            if step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ckpt = None
+                    if rank == 0:
+                        _save_checkpoint(Path(tmp), model, opt, sched, state)
+                        ckpt = ray.train.Checkpoint.from_directory(tmp)
+                    ray.train.report(
+                        {"step": step, "epoch": state["epoch"]},
+                        checkpoint=ckpt,
+                        checkpoint_dir_name=f"step-{step:07d}",
+                    )
+        state["epoch"] += 1
+        state["batch_in_epoch"] = 0
+    if rank == 0:
+        mlflow.end_run()
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------------
+
+
+def _mlflow_run(cfg: TrainJobConfig, params: dict[str, Any], config_yaml: str) -> str:
+    """The MLflow run of this training run: found by tag when resuming, else created with params."""
+    import mlflow
+
+    mlflow.set_experiment(cfg.mlflow.experiment)
+    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    found = mlflow.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`meerkat.run_name` = '{cfg.name}'",
+        output_format="list",
+        max_results=1,
+    )
+    job_id = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID") or "local"
+    if found:
+        run_id = found[0].info.run_id
+        with mlflow.start_run(run_id=run_id):
+            mlflow.set_tag("meerkat.last_ray_job", job_id)
+        return run_id
+    with mlflow.start_run(run_name=cfg.name) as run:
+        mlflow.set_tags(
+            {"meerkat.run_name": cfg.name, "meerkat.ray_job": job_id, "meerkat.last_ray_job": job_id}
+        )
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
+            mlflow.log_params(dict(items[i : i + 100]))
+        mlflow.log_text(config_yaml, "config/resolved.yaml")
+        return run.info.run_id
+
+
+def run(cfg: TrainJobConfig) -> dict[str, Any]:
+    """Train on the connected Ray cluster; returns the MLflow run id, registered version and checkpoint."""
+    import mlflow
+    import ray.train
+    import yaml
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines import registry, storage
+    from pipelines.config import flatten, resolve_model
+    from pipelines.data import build_dataset, skip_counts
+
+    model_cfg = resolve_model(cfg.model)
+    resolved = {"job": to_dict(cfg), "model": to_dict(model_cfg)}
+    tracking_uri = (
+        cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    params = {k: v for k, v in flatten(resolved).items() if k != "job.fail_at_step"}
+    run_id = _mlflow_run(cfg, params, yaml.safe_dump(resolved, sort_keys=False))
+
+    tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
+    dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir)
+    fs, path = storage.pyarrow_fs(cfg.storage_uri)
+    if not cfg.storage_uri.startswith("s3://"):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": to_dict(cfg),
+            "model": to_dict(model_cfg),
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking_uri,
+        },
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {cfg.name} finished without a checkpoint")
+    skipped = skip_counts()
+    version = None
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        with result.checkpoint.as_directory() as ckpt_dir:
+            model_dir = Path(tmp) / "meerkat"
+            model_dir.mkdir()
+            for name in ("config.json", "trainable.pt"):
+                (model_dir / name).write_bytes((Path(ckpt_dir) / name).read_bytes())
+            _copy_tree(Path(ckpt_dir) / "tokenizer", model_dir / "tokenizer")
+        mlflow.log_metrics({f"train/skipped_total/{k}": float(v) for k, v in skipped.items()})
+        mlflow.set_tag("meerkat.checkpoint", result.checkpoint.path)
+        version = registry.log_and_register(model_dir, registered_name=cfg.mlflow.register_as)
+    out = {
+        "mlflow_run_id": run_id,
+        "registered_version": version,
+        "checkpoint": result.checkpoint.path,
+        "skipped": skipped,
+    }
+    print(json.dumps(out))
+    return out
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.is_dir():
+            _copy_tree(item, dst / item.name)
+        else:
+            (dst / item.name).write_bytes(item.read_bytes())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from pipelines.config import load_config
+    from pipelines.raylib import init_ray
+
+    parser = argparse.ArgumentParser(description="Meerkat LoRA fine-tuning on Ray Train.")
+    parser.add_argument("--config", default="pipelines/configs/tiny.yaml")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 data.uri=s3://meerkat/avfit/train"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(TrainJobConfig, args.config, args.overrides)
+    init_ray()
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
