@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pipelines.quickstart
+	$(PY) -m pipelines.demo --dir .local-stack
+
+demo-down: $(STAMP)
+	$(PY) -m infra.local.stack down --dir .local-stack
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

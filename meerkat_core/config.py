@@ -190,12 +190,18 @@ class LossConfig:
     ac_lambda2: float = 0.5
     ac_eps1: float = 1e-6
     ac_eps2: float = 1e-6
+    number_label_sigma: float = 0.0
+    """σ, in steps of the number grid, of Gaussian soft labels for whole-number answer tokens (see
+    :mod:`meerkat_core.model`); 0 is plain cross-entropy. Only a tokenizer with whole-number tokens
+    (the offline one of ``tiny``) has any to smooth."""
 
     def __post_init__(self) -> None:
         if self.ot_solver not in ("exact", "sinkhorn"):
             raise ValueError(f"ot_solver must be 'exact' or 'sinkhorn', got {self.ot_solver!r}")
         if self.lambda_ot < 0 or self.lambda_ac < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.number_label_sigma < 0:
+            raise ValueError("number_label_sigma must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,12 @@
     loss = loss_ce + λ_OT · loss_ot + λ_AC · loss_ac
 
 * ``loss_ce``: next-token cross-entropy averaged over the answer tokens of *every* sample in the
-  batch (labels are -100 elsewhere; see :mod:`meerkat_core.batching`).
+  batch (labels are -100 elsewhere; see :mod:`meerkat_core.batching`). With
+  ``loss.number_label_sigma = σ > 0`` and a tokenizer that has whole-number tokens (box coordinates
+  ``0.00 … 1.00``, times ``0.0 … 60.0``), the target of such a token is a Gaussian of width σ grid
+  steps over the numbers of its kind instead of a one-hot: 0.41 for a true 0.40 is then nearly
+  right rather than as wrong as 0.90, which gives a box answer a gradient towards the true value
+  (STACK.md: a tiny model escaped the mean-box plateau only with such labels). σ = 0 is plain CE.
 * ``loss_ot``: :func:`~meerkat_core.alignment.ot_loss` between AVACE's trainable image and audio
   projections, averaged over the samples whose image and audio really belong together
   (``ot_pair``); mismatched fact-check negatives are left out, since aligning them would teach the
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +70,7 @@ from meerkat_core.attention import AVACE, attention_consistency_loss
 from meerkat_core.batching import IGNORE_INDEX
 from meerkat_core.config import ModelConfig
 from meerkat_core.encoders import AudioEncoder, ImageEncoder
-from meerkat_core.tokenizer import load_tokenizer
+from meerkat_core.tokenizer import load_tokenizer, number_tokens
 
 
 @dataclass
@@ -103,6 +109,41 @@ class MeerkatModel(nn.Module):
         self.tokenizer = tokenizer
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
+        self._init_number_labels(config.loss.number_label_sigma, llm.get_input_embeddings().num_embeddings)
+
+    def _init_number_labels(self, sigma: float, vocab: int) -> None:
+        """Buffers for the soft number labels: ``number_ids [K]`` (every whole-number token),
+        ``number_slot [V]`` (a token's index in ``number_ids`` or -1), ``number_targets [K, K]``
+        (row k: the soft label of number k; a Gaussian over the numbers of its kind)."""
+        ids, rows = [], []
+        for pairs in number_tokens(self.tokenizer).values() if sigma > 0 else ():
+            n = len(pairs)
+            steps = torch.arange(n, dtype=torch.float32)
+            rows.append(((steps[:, None] - steps[None, :]) ** 2 / (-2 * sigma**2)).softmax(dim=1))  # [n, n]
+            ids += [i for i, _ in pairs]
+        slot = torch.full((vocab,), -1, dtype=torch.long)
+        slot[torch.tensor(ids, dtype=torch.long)] = torch.arange(len(ids))
+        self.register_buffer("number_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        self.register_buffer("number_slot", slot, persistent=False)
+        self.register_buffer(
+            "number_targets", torch.block_diag(*rows) if rows else torch.zeros(0, 0), persistent=False
+        )
+
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed next-token CE over the non-ignored ``targets [B, L]`` of ``logits [B, L, V]``,
+        with soft labels on whole-number targets when ``number_label_sigma > 0``."""
+        keep = targets != IGNORE_INDEX
+        logp = logits[keep].float().log_softmax(dim=-1)  # [T, V]
+        tgt = targets[keep]  # [T]
+        nll = -logp.gather(1, tgt[:, None])[:, 0]  # [T]
+        if len(self.number_ids):
+            slot = self.number_slot[tgt]  # [T], -1 for non-numbers
+            is_num = slot >= 0
+            if is_num.any():
+                soft = self.number_targets[slot[is_num]]  # [T_num, K]
+                nll = nll.clone()
+                nll[is_num] = -(soft * logp[is_num][:, self.number_ids]).sum(dim=1)
+        return nll.sum()
 
     # -- media -------------------------------------------------------------------------------
     def encode_media(self, pixel_values: torch.Tensor, audio_features: torch.Tensor) -> MediaTokens:
@@ -189,12 +230,7 @@ class MeerkatModel(nn.Module):
         ).logits  # [B, L', V]
         targets = labels[:, 1:]
         n_tokens = (targets != IGNORE_INDEX).sum()
-        loss_ce = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        ) / n_tokens.clamp_min(1)
+        loss_ce = self._cross_entropy(logits[:, :-1], targets) / n_tokens.clamp_min(1)
 
         lc = self.config.loss
         zero = loss_ce.new_zeros(())
@@ -359,7 +395,48 @@ def _llama(
         ).to(dtype)
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    if not (pretrained and cfg.name_or_path):
+        _smooth_number_rows(llm, tokenizer)
     return llm
+
+
+NUMBER_FREQUENCIES = 8
+"""Harmonics of the smooth number rows (see :func:`_smooth_number_rows`)."""
+
+
+@torch.no_grad()
+def _smooth_number_rows(llm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Random-init LLM only: the whole-number tokens' input and output rows become a smooth
+    function of their value.
+
+    A pretrained LLM knows that 0.41 lies between 0.40 and 0.42; a randomly initialised one sees
+    101 unrelated box tokens, and a tiny model stays on the mean box (STACK.md). So each number
+    ``v`` (rescaled to [0, 1] within its kind, box or time) gets the row
+    ``R · [cos(πkv), sin(πkv)]_{k=1..K} + R · c``: Fourier features of the value, a shared "this is
+    a number" component ``c``, and a random orthonormal ``R`` per kind, scaled to the norm of the
+    other rows. Nearby values then start with nearby embeddings, and the output logits over the
+    numbers start as a smooth function of the value that the trained ``lm_head`` sharpens. A no-op
+    for a tokenizer without whole-number tokens.
+    """
+    emb = llm.get_input_embeddings().weight  # [V, D]
+    head = llm.get_output_embeddings().weight  # [V, D]
+    dim = emb.shape[1]
+    k = torch.arange(1, NUMBER_FREQUENCIES + 1, dtype=torch.float32)
+    for pairs in number_tokens(tokenizer).values():
+        if len(pairs) < 2:
+            continue
+        ids = torch.tensor([i for i, _ in pairs])
+        v = torch.tensor([x for _, x in pairs], dtype=torch.float32)
+        v = (v - v.min()) / (v.max() - v.min())  # [n] in [0, 1]
+        feats = torch.cat(
+            [torch.cos(math.pi * k * v[:, None]), torch.sin(math.pi * k * v[:, None]), torch.ones(len(v), 1)],
+            dim=1,
+        )  # [n, 2K+1], every row of norm sqrt(K+1)
+        basis, _ = torch.linalg.qr(torch.randn(dim, feats.shape[1]))  # [D, 2K+1] orthonormal columns
+        rows = feats @ basis.T / math.sqrt(NUMBER_FREQUENCIES + 1)  # [n, D] unit rows
+        for weight in (emb, head):
+            norm = weight.float().norm(dim=1).mean()
+            weight[ids] = (rows * norm).to(weight.dtype)
 
 
 def build_model(

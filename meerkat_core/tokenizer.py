@@ -87,6 +87,19 @@ def build_offline_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     return fast
 
 
+def number_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, list[tuple[int, float]]]:
+    """The whole-number tokens a tokenizer holds: ``{"box": [(id, value)...], "time": [...]}``.
+
+    Values are in ascending order. Empty lists for a tokenizer that writes numbers digit by digit
+    (Llama's), so callers can use it unconditionally.
+    """
+    vocab = tokenizer.get_vocab()
+    return {
+        kind: [(vocab[n], float(n)) for n in numbers if n in vocab]
+        for kind, numbers in (("box", BOX_NUMBERS), ("time", TIME_NUMBERS))
+    }
+
+
 def ensure_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Add the media placeholders (and a pad token) to a pretrained tokenizer that lacks them."""
     missing = [t for t in prompts.SPECIAL_TOKENS if t not in tokenizer.get_vocab()]

@@ -215,4 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not __main__'s: Ray pickles functions and config classes
+    # by reference only when they live in an importable module.
+    from pipelines.build_avfit import main as _main
+
+    _main()

@@ -20,5 +20,11 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address="auto", log_to_driver=True)
         logger.info("joined the Ray cluster at %s", ray.get_runtime_context().gcs_address)
     except (ConnectionError, RuntimeError):
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        # Logical CPUs above the physical count: training workers, data actors and read tasks each
+        # reserve one, and on a 2-core laptop they would otherwise wait on each other forever.
+        ray.init(
+            num_cpus=num_cpus or max(6, os.cpu_count() or 1),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+        )
         logger.info("no Ray cluster found: started a local one on 127.0.0.1")

@@ -36,7 +36,8 @@ class MeerkatPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model = load_model(context.artifacts["meerkat"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # Untyped on purpose: MLflow reads predict's type hints as an input schema and rejects ``Any``.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import base64
 
         from meerkat_core import batching

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class ScalingSpec:
     """Used only with ``use_gpu``."""
     strategy: str = "ddp"
     """"ddp" or "fsdp" (shards the frozen base; for the paper preset on GPUs)."""
+    placement_strategy: str = "PACK"
+    """Ray placement of the workers: "PACK", "SPREAD" or "STRICT_SPREAD" (one worker per node)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in ("ddp", "fsdp"):
@@ -116,7 +119,7 @@ class TrainJobConfig:
     log_every: int = 10
     seed: int = 0
     fail_at_step: int | None = None
-    """Testing only: rank 1 kills its own process at this step (first attempt only)."""
+    """Testing only: rank 1 SIGKILLs its own process at this step (first attempt only)."""
 
     def __post_init__(self) -> None:
         per_step = self.optim.batch_size * self.scaling.num_workers
@@ -222,9 +225,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state["batch_in_epoch"],
         )
 
+    nodes = [None] * world
+    torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     if rank == 0:
         mlflow.set_tracking_uri(loop_config["tracking_uri"])
         mlflow.start_run(run_id=loop_config["mlflow_run_id"])
+        mlflow.set_tag("meerkat.worker_nodes", ",".join(nodes))
     shard = ray.train.get_dataset_shard("train")
     collate = MeerkatCollate(model.tokenizer.pad_token_id)
     use_amp = device.type == "cuda"
@@ -281,7 +287,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 and state["attempt"] == 0
             ):
                 logger.error("fail_at_step=%d: rank 1 kills itself to test fault tolerance", step)
-                os._exit(1)
+                os.kill(os.getpid(), signal.SIGKILL)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.optim.max_steps):
                 elapsed = time.perf_counter() - window_start
                 metrics = {f"train/{k}": v / sums["n"] for k, v in sums.items() if k != "n"}
@@ -390,7 +396,10 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         },
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name,
@@ -452,4 +461,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not __main__'s: Ray pickles functions and config classes
+    # by reference only when they live in an importable module.
+    from pipelines.train import main as _main
+
+    _main()

@@ -6,7 +6,7 @@
 - ``mlflow_server`` (session): a lean MLflow tracking server (SQLite, one worker, no job runner,
   artifacts proxied to a temp dir); yields its tracking URI and leaves ``MLFLOW_TRACKING_URI``
   alone: set it with ``monkeypatch`` where a test wants it.
-- ``ray_local`` (session): an in-process local Ray (``address="local"``, 2 CPUs, no dashboard).
+- ``ray_local`` (session): an in-process local Ray (``address="local"``, 6 logical CPUs, no dashboard).
   It depends on ``s3_server`` so that Ray's workers, which copy the environment when Ray starts,
   see the S3 settings.
 
@@ -25,7 +25,7 @@ import pytest
 
 from infra.local import stack
 
-INTEGRATION_FIXTURES = frozenset({"s3_server", "s3_uri", "mlflow_server", "ray_local"})
+INTEGRATION_FIXTURES = frozenset({"s3_server", "s3_uri", "mlflow_server", "ray_local", "local_stack"})
 TEST_BUCKET = "meerkat-test"
 
 
@@ -90,7 +90,7 @@ def ray_local(s3_server: S3Server):
         mp.delenv("RAY_ADDRESS", raising=False)
         context = ray.init(
             address="local",
-            num_cpus=2,
+            num_cpus=6,  # logical: training workers, data actors and read tasks each reserve one
             include_dashboard=False,
             object_store_memory=256 * 1024 * 1024,
             log_to_driver=False,
@@ -99,3 +99,34 @@ def ray_local(s3_server: S3Server):
             yield context
         finally:
             ray.shutdown()
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    config: stack.StackConfig
+    env: dict[str, str]
+    """The process environment for clients of this stack (``stack.env`` over ours)."""
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole embedded stack (Ray head, MLflow, S3) on free loopback ports, as ``make demo`` runs it."""
+    import os
+
+    directory = tmp_path_factory.mktemp("stack")
+    config = stack.StackConfig(
+        dir=str(directory),
+        s3_port=stack.free_port(),
+        mlflow_port=stack.free_port(),
+        ray_port=stack.free_port(),
+        dashboard_port=stack.free_port(),
+        ray_client_port=stack.free_port(),
+        dashboard_agent_port=stack.free_port(),
+        num_cpus=6,
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS", "MLFLOW_"))}
+    try:
+        stack.up(config)
+        yield LocalStack(config, {**base, **config.env()})
+    finally:
+        stack.down(str(directory))

@@ -27,7 +27,7 @@ Services, user-facing endpoints on 127.0.0.1:
 Ports come from the environment: ``MEERKAT_STACK_S3_PORT`` (29000), ``MEERKAT_STACK_MLFLOW_PORT``
 (25000), ``MEERKAT_STACK_RAY_PORT`` (GCS, 26379), ``MEERKAT_STACK_DASHBOARD_PORT`` (8265),
 ``MEERKAT_STACK_RAY_CLIENT_PORT`` (20001), ``MEERKAT_STACK_DASHBOARD_AGENT_PORT`` (22365); also
-``MEERKAT_STACK_NUM_CPUS`` (all cores). The defaults sit below the Linux ephemeral range and away
+``MEERKAT_STACK_NUM_CPUS`` (max(6, cores): logical). The defaults sit below the Linux ephemeral range and away
 from the usual 9000/5000/6379/10001, so a stack does not collide with a developer's own MinIO,
 MLflow or Ray.
 
@@ -105,7 +105,8 @@ class StackConfig:
             dashboard_port=port("DASHBOARD", cls.dashboard_port),
             ray_client_port=port("RAY_CLIENT", cls.ray_client_port),
             dashboard_agent_port=port("DASHBOARD_AGENT", cls.dashboard_agent_port),
-            num_cpus=int(env.get("MEERKAT_STACK_NUM_CPUS", os.cpu_count() or 1)),
+            # logical CPUs: 2 training workers + data actors + read tasks must fit at once
+            num_cpus=int(env.get("MEERKAT_STACK_NUM_CPUS", max(6, os.cpu_count() or 1))),
             mlflow_artifacts=env.get("MEERKAT_STACK_MLFLOW_ARTIFACTS") or None,
         )
 

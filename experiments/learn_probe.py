@@ -1,0 +1,370 @@
+"""Does the tiny Meerkat learn audio-visual grounding in a few CPU minutes?  (issue 4, "Learning")
+
+In-process, no Ray:
+
+1. render ``--train-scenes`` scenes of the procedural world (``easy`` preset, the task mix of
+   ``--task-weights``) and ``--test-scenes`` held-out scenes of split "test" with exactly two
+   objects (``min_objects=2``);
+2. preprocess every sample once with :class:`meerkat_core.batching.SamplePreprocessor` and run the
+   FROZEN encoders once over the result, keeping their token states in memory (and in ``--cache``):
+   the encoders are frozen, deterministic and in eval mode, so this is the very input AVACE sees
+   at every step, at a third of the step's cost. The model then runs with pass-through encoders;
+   everything trainable (AVACE, projections, LoRA, lm_head) runs as in :class:`MeerkatModel`;
+3. train with AdamW (linear warm-up, cosine decay) on random mini-batches for ``--minutes``;
+4. evaluate by greedy ``model.generate`` on the test samples: arig box IoU, how often the box lands
+   on the sounding object rather than the other one, and avfact accuracy, next to
+   ``world.baselines``.
+
+    .venv/bin/python experiments/learn_probe.py --minutes 5                      # full
+    .venv/bin/python experiments/learn_probe.py --minutes 5 --set loss.lambda_ot=0
+    .venv/bin/python experiments/learn_probe.py --minutes 5 --set loss.lambda_ac=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from meerkat_core import config as cfgmod  # noqa: E402
+from meerkat_core import grounding, media, prompts  # noqa: E402
+from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example, pad_text  # noqa: E402
+from meerkat_core.model import build_model  # noqa: E402
+from pipelines.avfit.world import WORLD_PRESETS, baselines, iter_samples  # noqa: E402
+
+TASKS = ("arig", "igatl", "avfact", "avqa", "avc")
+
+
+class PassThrough(nn.Module):
+    """Stands in for a frozen encoder whose output was computed once and is fed in its place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        k, v = part.split("=")
+        if k not in TASKS:
+            raise SystemExit(f"unknown task {k!r}")
+        out[k] = float(v)
+    return out
+
+
+def parse_value(v: str):
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+# -- data --------------------------------------------------------------------------------------
+def prepare(samples, model, pp, *, with_answer: bool, log_prefix: str) -> list[dict]:
+    """Samples -> rows holding encoder token states instead of pixels/mel (see module docstring)."""
+    rows, media_rows = [], {}
+    t0 = time.time()
+    for s in samples:
+        meta = s["json"]
+        key = hashlib.sha1(s["image"] + s["audio"]).hexdigest()
+        if key not in media_rows:
+            row = pp(s["image"], s["audio"], meta, with_answer=with_answer)
+            with torch.no_grad():
+                zi = model.image_encoder(torch.from_numpy(row["pixel_values"])[None])[0]
+                za = model.audio_encoder(torch.from_numpy(row["audio_features"])[None])[0]
+            media_rows[key] = (zi.float().clone(), za.float().clone())
+        else:
+            # Same image and audio as an earlier sample (the samples of one scene share them): only
+            # the text, the box mask and the pairing differ; computed with SamplePreprocessor's own
+            # helpers, so the row is what it would have produced.
+            text = encode_example(pp.tokenizer, meta["instruction"], meta["answer"] if with_answer else None,
+                                  pp.config.max_text_tokens)
+            mask = _mask_for(meta, pp)
+            row = {"input_ids": np.asarray(text["input_ids"], np.int64),
+                   "labels": np.asarray(text["labels"], np.int64),
+                   "box_mask": mask, "has_box": bool(mask.any()), "ot_pair": bool(meta.get("paired", True))}
+        zi, za = media_rows[key]
+        rows.append(
+            {
+                "z_img": zi,
+                "z_aud": za,
+                "input_ids": row["input_ids"],
+                "labels": row["labels"],
+                "box_mask": torch.from_numpy(np.asarray(row["box_mask"], np.float32)),
+                "has_box": bool(row["has_box"]),
+                "ot_pair": bool(row["ot_pair"]),
+                "meta": meta,
+            }
+        )
+    print(f"{log_prefix}: {len(rows)} samples, {len(media_rows)} distinct media, {time.time() - t0:.0f}s",
+          flush=True)
+    return rows
+
+
+def _mask_for(meta, pp: SamplePreprocessor) -> np.ndarray:
+    # As SamplePreprocessor does it; the world's pictures are image_size square.
+    size, grid = pp.config.image.image_size, pp.config.image.grid
+    w = h = 224
+    boxes = [b for b in (media.box_to_crop(b, w, h, size) for b in ac_boxes(meta)) if b]
+    return grounding.boxes_to_mask(boxes, grid) if boxes else np.zeros((grid, grid), np.float32)
+
+
+def collate(rows, pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    batch = pad_text([{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows],
+                     pad_id, side=side)
+    batch["pixel_values"] = torch.stack([r["z_img"] for r in rows])
+    batch["audio_features"] = torch.stack([r["z_aud"] for r in rows])
+    batch["box_mask"] = torch.stack([r["box_mask"] for r in rows])
+    batch["has_box"] = torch.tensor([r["has_box"] for r in rows])
+    batch["ot_pair"] = torch.tensor([r["ot_pair"] for r in rows])
+    return batch
+
+
+def load_or_prepare(path: Path | None, build):
+    if path is not None and path.exists():
+        t0 = time.time()
+        rows = torch.load(path, weights_only=False)
+        print(f"loaded {path} ({len(rows)} rows, {time.time() - t0:.0f}s)", flush=True)
+        return rows
+    rows = build()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(rows, path)
+    return rows
+
+
+# -- evaluation --------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
+    model.eval()
+    pad = model.tokenizer.pad_token_id
+    res = {"arig": [], "avfact": []}
+    maps_out: list[torch.Tensor] = []
+    for task, max_new in (("arig", 14), ("avfact", 3)):
+        task_rows = [r for r in rows if r["meta"]["task"] == task]
+        for i in range(0, len(task_rows), batch_size):
+            chunk = task_rows[i : i + batch_size]
+            batch = collate(chunk, pad, side="left")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                texts, maps = model.generate(batch, max_new_tokens=max_new, return_attention=True)
+            res[task] += list(zip(chunk, texts))
+            if task == "arig":
+                maps_out += list(maps.float())
+    model.train()
+
+    ious, on_sounding, near, parsed = [], [], [], 0
+    for r, text in res["arig"]:
+        meta = r["meta"]
+        box = grounding.parse_box(text)
+        truth = meta["boxes"][0]
+        others = [o["box"] for o in meta["objects"] if not o["sounds"]]
+        if box is None:
+            ious.append(0.0)
+            on_sounding.append(False)
+            near.append(0.0)
+            continue
+        parsed += 1
+        iou_s = grounding.box_iou(box, truth)
+        iou_o = max(grounding.box_iou(box, o) for o in others) if others else 0.0
+        ious.append(iou_s)
+        on_sounding.append(iou_s > iou_o)
+        near.append(max(iou_s, iou_o))
+    # Does AVACE's map (trained by L_AC) prefer the sounding object? Mean map value over each
+    # object's box cells on the patch grid.
+    grid = maps_out[0].shape[-1] if maps_out else 14
+    map_pick, map_inside = [], []
+    for (r, _), amap in zip(res["arig"], maps_out):
+        objs = r["meta"]["objects"]
+        vals = [float((amap * torch.from_numpy(grounding.boxes_to_mask([o["box"]], grid))).sum()
+                      / max(grounding.boxes_to_mask([o["box"]], grid).sum(), 1)) for o in objs]
+        s_idx = [i for i, o in enumerate(objs) if o["sounds"]][0]
+        map_pick.append(all(vals[s_idx] > v for i, v in enumerate(vals) if i != s_idx))
+        m = torch.from_numpy(grounding.boxes_to_mask([objs[s_idx]["box"]], grid))
+        map_inside.append(float((amap * m).sum() / amap.sum().clamp_min(1e-9)))
+    correct, verdicts = 0, 0
+    for r, text in res["avfact"]:
+        v = prompts.parse_verdict(text)
+        verdicts += v is not None
+        correct += v is not None and v == bool(r["meta"]["label"])
+    n_a, n_f = len(res["arig"]), len(res["avfact"])
+    return {
+        "arig_n": n_a,
+        "arig_parse": parsed / max(n_a, 1),
+        "arig_miou": float(np.mean(ious)) if ious else float("nan"),
+        "arig_sounding_rate": float(np.mean(on_sounding)) if on_sounding else float("nan"),
+        "arig_nearest_obj_iou": float(np.mean(near)) if near else float("nan"),
+        "map_on_sounding": float(np.mean(map_pick)) if map_pick else float("nan"),
+        "map_mass_in_box": float(np.mean(map_inside)) if map_inside else float("nan"),
+        "avfact_n": n_f,
+        "avfact_acc": correct / max(n_f, 1),
+        "avfact_parse": verdicts / max(n_f, 1),
+        "examples": [t for _, t in res["arig"][:4]] + [t for _, t in res["avfact"][:4]],
+    }
+
+
+# -- main --------------------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=5.0, help="training wall time")
+    ap.add_argument("--max-steps", type=int, default=100_000)
+    ap.add_argument("--train-scenes", type=int, default=1000)
+    ap.add_argument("--test-scenes", type=int, default=200)
+    ap.add_argument("--task-weights", default="arig=1,avfact=2", help="world task_weights of the train set")
+    ap.add_argument("--world", default="{}", help="JSON overrides of the easy preset for training")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="model init and batch order")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="a.b=v", help="ModelConfig override")
+    ap.add_argument("--cache", default="/tmp/meerkat_learn_probe", help="'' disables the on-disk cache")
+    ap.add_argument("--eval-every", type=float, default=0.0, help="minutes between interim evaluations")
+    ap.add_argument("--interim-test-scenes", type=int, default=60)
+    ap.add_argument("--json-out", default="")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    t_start = time.time()
+
+    mcfg = cfgmod.TINY
+    for item in args.set:
+        k, v = item.split("=", 1)
+        mcfg = cfgmod.replace_path(mcfg, k, parse_value(v))
+    model = build_model(mcfg, pretrained=False, seed=args.seed)
+    pp = SamplePreprocessor(mcfg, model.tokenizer)
+
+    train_world = dataclasses.replace(
+        WORLD_PRESETS["easy"], task_weights=parse_weights(args.task_weights), **json.loads(args.world)
+    )
+    test_world = dataclasses.replace(
+        WORLD_PRESETS["easy"], min_objects=2, task_weights={"arig": 1.0, "avfact": 2.0}
+    )
+    # The cache depends on the frozen encoders (image/audio config + seed) and on the data.
+    enc_key = json.dumps([cfgmod.to_dict(mcfg.image), cfgmod.to_dict(mcfg.audio), args.seed], sort_keys=True)
+    cache = Path(args.cache) if args.cache else None
+
+    def key(*parts) -> str:
+        return hashlib.sha1(json.dumps([enc_key, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    train_rows = load_or_prepare(
+        cache / f"train-{key(repr(train_world), args.train_scenes, args.data_seed)}.pt" if cache else None,
+        lambda: prepare(
+            iter_samples(train_world, "train", args.train_scenes, args.data_seed), model, pp,
+            with_answer=True, log_prefix="train",
+        ),
+    )
+    test_samples = list(iter_samples(test_world, "test", args.test_scenes, args.data_seed))
+    test_rows = load_or_prepare(
+        cache / f"test-{key(repr(test_world), args.test_scenes, args.data_seed)}.pt" if cache else None,
+        lambda: prepare(test_samples, model, pp, with_answer=False, log_prefix="test"),
+    )
+    base = baselines(test_samples)
+    t_prep = time.time() - t_start
+
+    # Pass-through encoders: the rows already hold their outputs.
+    model.image_encoder = PassThrough()
+    model.audio_encoder = PassThrough()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    pad = model.tokenizer.pad_token_id
+    counts = {t: sum(r["meta"]["task"] == t for r in train_rows) for t in TASKS}
+    print(f"train rows by task {counts}; trainable params {sum(p.numel() for p in params):,}", flush=True)
+    print(f"config: {' '.join(args.set) or '(tiny preset)'}  lr {args.lr} batch {args.batch} bf16 {args.bf16}",
+          flush=True)
+
+    budget = args.minutes * 60
+    interim_rows = test_rows[: 3 * args.interim_test_scenes]
+    rng = random.Random(args.seed)
+    step, t_train, t_eval_total = 0, time.time(), 0.0
+    next_eval = args.eval_every * 60 if args.eval_every else math.inf
+    ema: dict[str, float] = {}
+    # The schedule is set by the time budget: progress = elapsed / budget (or steps / max_steps).
+    while True:
+        elapsed = time.time() - t_train - t_eval_total
+        progress = max(elapsed / budget if budget > 0 else 1.0, step / args.max_steps)
+        if progress >= 1.0:
+            break
+        warm = min(1.0, (step + 1) / max(args.warmup, 1))
+        cos = args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        for g in opt.param_groups:
+            g["lr"] = args.lr * warm * cos
+        batch = collate(rng.sample(train_rows, args.batch), pad)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            out = model(batch)
+        out["loss"].backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
+            ema[k] = 0.95 * ema.get(k, float(out[k])) + 0.05 * float(out[k])
+        if step % 100 == 0:
+            print(f"step {step:5d} {elapsed / 60:5.2f}min lr {opt.param_groups[0]['lr']:.2e} gn {float(gn):.2f} "
+                  + " ".join(f"{k} {v:.3f}" for k, v in ema.items()), flush=True)
+        if elapsed >= next_eval:
+            t0 = time.time()
+            m = evaluate(model, interim_rows, bf16=args.bf16)
+            print(f"  interim @ {step}: miou {m['arig_miou']:.3f} sounding {m['arig_sounding_rate']:.2f} "
+                  f"nearest {m['arig_nearest_obj_iou']:.3f} map {m['map_on_sounding']:.2f}/{m['map_mass_in_box']:.2f} fact {m['avfact_acc']:.3f} {m['examples'][:2]}",
+                  flush=True)
+            t_eval_total += time.time() - t0
+            next_eval += args.eval_every * 60
+    train_s = time.time() - t_train - t_eval_total
+    t0 = time.time()
+    metrics = evaluate(model, test_rows, bf16=args.bf16)
+    eval_s = time.time() - t0
+    result = {
+        "config": " ".join(args.set) or "full",
+        "steps": step,
+        "train_min": train_s / 60,
+        "prep_s": t_prep,
+        "eval_s": eval_s,
+        "wall_min": (time.time() - t_start) / 60,
+        **{k: v for k, v in metrics.items()},
+        "random_object_miou": base["arig_random_object_miou"],
+        "mean_box_miou": base["arig_mean_box_miou"],
+        "majority_acc": base["avfact_majority_acc"],
+        "final_losses": ema,
+        "args": vars(args),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1), flush=True)
+    print_table([result])
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def print_table(results: list[dict]) -> None:
+    head = ("config", "steps", "train min", "wall min", "arig mIoU", "on sounding", "rand-obj", "mean-box",
+            "avfact acc", "majority")
+    print(" | ".join(head))
+    for r in results:
+        print(" | ".join([
+            r["config"], str(r["steps"]), f"{r['train_min']:.1f}", f"{r['wall_min']:.1f}",
+            f"{r['arig_miou']:.3f}", f"{r['arig_sounding_rate']:.3f}", f"{r['random_object_miou']:.3f}",
+            f"{r['mean_box_miou']:.3f}", f"{r['avfact_acc']:.3f}", f"{r['majority_acc']:.3f}",
+        ]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Benchmark (opt-in, ``-m bench``): training samples/s with 1 vs 2 Ray Train workers, and data wait.
+
+    .venv/bin/python -m pytest -m bench -s tests/benchmarks/test_train_bench.py
+
+Both runs in one session, same shards (procedural world), same per-worker batch, 40 steps each;
+figures are the means of ``train/samples_per_s`` and ``train/data_wait_frac`` logged to MLflow
+after the first logging window (start-up excluded). On a 2-core machine the two workers and the
+preprocessing actor share the same cores, so the ratio says more about contention than scaling.
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+
+import pytest
+
+from pipelines import train
+from pipelines.avfit import shards
+from pipelines.avfit.world import WORLD_PRESETS, iter_samples
+from pipelines.config import load_config
+
+pytestmark = pytest.mark.bench
+
+
+def test_one_vs_two_workers(ray_local, s3_server, mlflow_server, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    data_uri = s3_server.uri(f"bench-{uuid.uuid4().hex[:6]}", "train")
+    with shards.ShardWriter(data_uri, max_count=50, fingerprint="bench") as w:
+        for s in iter_samples(WORLD_PRESETS["easy"], "train", 60, 0):
+            w.write(s)
+    client = mlflow.MlflowClient(mlflow_server)
+    figures = {}
+    for workers in (1, 2):
+        name = f"bench-{workers}w-{uuid.uuid4().hex[:6]}"
+        cfg = load_config(
+            train.TrainJobConfig,
+            "pipelines/configs/tiny.yaml",
+            [
+                f"name={name}",
+                f"data.uri={data_uri}",
+                f"storage_uri={s3_server.uri('bench-runs')}",
+                f"scaling.num_workers={workers}",
+                "optim.max_steps=40",
+                "checkpoint.every=40",
+                "log_every=5",
+                "mlflow.register_as=null",
+                "data.preprocess_actors=2",
+                "data.preprocess_cpus=0.5",
+            ],
+        )
+        run_id = train.run(cfg)["mlflow_run_id"]
+        sps = [
+            m.value
+            for m in sorted(client.get_metric_history(run_id, "train/samples_per_s"), key=lambda m: m.step)
+        ][1:]
+        wait = [
+            m.value
+            for m in sorted(client.get_metric_history(run_id, "train/data_wait_frac"), key=lambda m: m.step)
+        ][1:]
+        figures[workers] = (statistics.mean(sps), statistics.mean(wait))
+    for workers, (sps, wait) in figures.items():
+        print(f"\n{workers} worker(s): {sps:.1f} samples/s, data wait {wait:.0%}")
+    print(f"2 vs 1 workers: x{figures[2][0] / figures[1][0]:.2f} samples/s")
+    assert all(sps > 0 for sps, _ in figures.values())

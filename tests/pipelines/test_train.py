@@ -1,0 +1,225 @@
+"""The training job: schedule and config checks (unit), then Ray Train end to end (integration).
+
+Integration runs, each on real services on loopback:
+- the local stack: ``ray job submit`` of the AVFIT build and of ``pipelines.train`` with 2 CPU
+  workers; one MLflow run with params and falling loss curves; the registered model loads in a
+  fresh process and answers a grounding question with a parseable box;
+- a Ray cluster of two nodes on this machine (``ray.cluster_utils.Cluster``): one worker per node,
+  checkpoints in the S3 server, a worker SIGKILLed mid-run, the run resumed from its latest
+  checkpoint, one MLflow run, and re-submitting the same name resumes again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.train import TrainJobConfig, lr_lambda
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_lr_schedule_hand_cases():
+    assert lr_lambda(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_lambda(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(500, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_grad_accumulation_reaches_the_effective_batch():
+    cfg = load_config(TrainJobConfig, "pipelines/configs/paper.yaml")
+    assert cfg.grad_accum * cfg.optim.batch_size * cfg.scaling.num_workers == 128
+    with pytest.raises(ValueError, match="multiple"):
+        load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", ["optim.effective_batch=20"])
+    with pytest.raises(ValueError):
+        load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", ["scaling.strategy=zero"])
+
+
+# ------------------------------------------------------------------------------------ integration
+
+
+def _submit(env: dict[str, str], *args: str, timeout: int = 900) -> str:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "job",
+            "submit",
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "-m",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in out, out[-6000:]
+    return out
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_train_job_on_the_local_stack(local_stack):
+    import mlflow
+
+    env = local_stack.env
+    tag = uuid.uuid4().hex[:6]
+    data_uri = f"s3://{local_stack.config.bucket}/it-{tag}/avfit"
+    _submit(
+        env,
+        "pipelines.build_avfit",
+        "--config",
+        "pipelines/configs/avfit_demo.yaml",
+        f"out_uri={data_uri}",
+        "world.scenes.train=40",
+        "world.scenes.val=4",
+        "world.scenes.test=4",
+        "scenes_per_task=20",
+    )
+    name = f"it-train-{tag}"
+    out = _submit(
+        env,
+        "pipelines.train",
+        "--config",
+        "pipelines/configs/tiny.yaml",
+        f"name={name}",
+        f"data.uri={data_uri}/train",
+        f"storage_uri=s3://{local_stack.config.bucket}/it-{tag}/runs",
+        "optim.max_steps=200",
+        "optim.warmup_steps=10",
+        "checkpoint.every=100",
+        "log_every=10",
+        f"mlflow.register_as={name}",
+        "data.task_weights={arig: 1.0}",
+    )
+    result = json.loads(next(line for line in out.splitlines()[::-1] if line.startswith('{"mlflow_run_id"')))
+
+    client = mlflow.MlflowClient(local_stack.config.mlflow_uri)
+    exp = client.get_experiment_by_name("meerkat")
+    runs = client.search_runs([exp.experiment_id], f"tags.`meerkat.run_name` = '{name}'")
+    assert [r.info.run_id for r in runs] == [result["mlflow_run_id"]]
+    run = runs[0]
+    assert (
+        run.data.params["job.scaling.num_workers"] == "2"
+        and run.data.params["model.llm.hidden_size"] == "128"
+    )
+    for key in ("train/loss_ce", "train/loss_ot", "train/loss_ac"):
+        values = [v for _, v in _history(client, run.info.run_id, key)]
+        assert len(values) == 20, key
+        assert sum(values[-3:]) < sum(values[:3]), (key, values)
+    for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "train/data_wait_frac"):
+        assert _history(client, run.info.run_id, key), key
+    assert result["registered_version"] == "1"
+
+    probe = (
+        "from pipelines import registry\n"
+        "from pipelines.avfit.world import iter_samples, WORLD_PRESETS\n"
+        "from meerkat_core import batching, grounding\n"
+        f"m = registry.load('models:/{name}/1')\n"
+        "s = next(x for x in iter_samples(WORLD_PRESETS['easy'], 'test', 3, 7) if x['json']['task'] == 'arig')\n"
+        "p = batching.SamplePreprocessor(m.config, m.tokenizer)\n"
+        "b = batching.collate([p(s['image'], s['audio'], s['json'], with_answer=False)], m.tokenizer.pad_token_id, side='left')\n"
+        "text = m.generate(b)[0]\n"
+        "print('ANSWER', repr(text), grounding.parse_box(text))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    answer = [line for line in proc.stdout.splitlines() if line.startswith("ANSWER")]
+    assert proc.returncode == 0 and answer, proc.stdout + proc.stderr
+    assert not answer[0].endswith("None"), answer[0]
+
+
+def test_two_nodes_fault_and_resume(s3_server, mlflow_server, tmp_path, monkeypatch):
+    """One worker per node, checkpoints in S3, a worker SIGKILLed at step 15, resumed from step 10."""
+    import boto3
+    import mlflow
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipelines import train
+    from pipelines.avfit import shards
+    from pipelines.avfit.world import WORLD_PRESETS, iter_samples
+
+    data_uri = s3_server.uri(f"nodes-{uuid.uuid4().hex[:6]}", "train")
+    with shards.ShardWriter(data_uri, max_count=20, fingerprint="t") as w:
+        for s in iter_samples(WORLD_PRESETS["easy"], "train", 16, 3):
+            w.write(s)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
+    cluster.add_node(num_cpus=3)
+    try:
+        ray.init(address=cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        runs_uri = s3_server.uri(f"runs-{uuid.uuid4().hex[:6]}")
+        name = f"nodes-{uuid.uuid4().hex[:6]}"
+        overrides = [
+            f"name={name}",
+            f"data.uri={data_uri}",
+            f"storage_uri={runs_uri}",
+            "scaling.placement_strategy=STRICT_SPREAD",
+            "optim.batch_size=4",
+            "optim.warmup_steps=2",
+            "checkpoint.every=10",
+            "log_every=5",
+            "mlflow.register_as=null",
+            "data.shuffle_buffer=0",
+        ]
+        cfg = load_config(
+            TrainJobConfig,
+            "pipelines/configs/tiny.yaml",
+            [*overrides, "optim.max_steps=30", "fail_at_step=15"],
+        )
+        first = train.run(cfg)
+
+        client = mlflow.MlflowClient(mlflow_server)
+        exp = client.get_experiment_by_name("meerkat")
+        runs = client.search_runs([exp.experiment_id], f"tags.`meerkat.run_name` = '{name}'")
+        assert len(runs) == 1 and runs[0].info.run_id == first["mlflow_run_id"]
+        nodes = runs[0].data.tags["meerkat.worker_nodes"].split(",")
+        assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
+
+        steps = [m.step for m in client.get_metric_history(first["mlflow_run_id"], "train/loss")]
+        assert max(steps) == 30 and set(range(5, 31, 5)) <= set(steps)
+        repeated = [s for s, c in Counter(steps).items() if c > 1]
+        assert repeated and all(s > 10 for s in repeated), steps  # only steps after the last checkpoint
+
+        bucket, prefix = runs_uri[5:].split("/", 1)
+        s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+        assert any(k.endswith("step-0000030/trainable.pt") for k in keys)
+        assert sum(k.endswith("trainable.pt") for k in keys) == cfg.checkpoint.keep
+
+        # re-submitting the same name resumes it (and its MLflow run) up to the new step count
+        again = train.run(
+            load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", [*overrides, "optim.max_steps=40"])
+        )
+        assert again["mlflow_run_id"] == first["mlflow_run_id"]
+        steps = [m.step for m in client.get_metric_history(first["mlflow_run_id"], "train/loss")]
+        assert max(steps) == 40 and Counter(steps)[35] == 1
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
