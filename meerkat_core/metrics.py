@@ -250,7 +250,7 @@ def _numeric_segment(value: object) -> Segment | None:
     return start, end
 
 
-def _pred_segments(pred: object) -> list[Segment] | None:
+def parse_segments(pred: object) -> list[Segment] | None:
     """The segments of one clip's prediction; None when nothing in it parses.
 
     Text: every bracketed group that ``parse_segment`` accepts, in order. Numbers: one
@@ -343,7 +343,7 @@ def segment_f1(
     tp = fp = fn = n_unparsed = 0
     for pred, gt, length in zip(pred_segments, gt_segments, _durations(duration, n), strict=True):
         truth = _active_bins(_gt_segments(gt), length)
-        segments = _pred_segments(pred)
+        segments = parse_segments(pred)
         if segments is None:
             n_unparsed += 1
             segments = []
@@ -390,7 +390,7 @@ def event_f1(
     tp = fp = fn = n_unparsed = 0
     for pred, gt in zip(pred_segments, gt_segments, strict=True):
         truth = _gt_segments(gt)
-        segments = _pred_segments(pred)
+        segments = parse_segments(pred)
         if segments is None:
             n_unparsed += 1
             segments = []

@@ -606,7 +606,8 @@ def _igatl(scene: Scene, rng: np.random.Generator, prng: random.Random) -> _Draf
     return _Draft(
         "igatl",
         render_instruction("igatl", prng, obj=obj.name),
-        format_segment(segments[0]),
+        # every window of the object, in time order: the answer is what segment F1 scores
+        ", ".join(format_segment(seg) for seg in segments),
         {"segments": segments, "label_text": [obj.name]},
     )
 
