@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meerkat_core import config as cfgmod  # noqa: E402
 from meerkat_core import grounding, media, prompts  # noqa: E402
+from meerkat_core.attention import MAP_BOX_POWER, map_box  # noqa: E402
 from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example, pad_text  # noqa: E402
 from meerkat_core.model import build_model  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, baselines, iter_samples  # noqa: E402
@@ -184,7 +185,7 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
     # Does AVACE's map (trained by L_AC) prefer the sounding object? Mean map value over each
     # object's box cells on the patch grid.
     grid = maps_out[0].shape[-1] if maps_out else 14
-    map_pick, map_inside = [], []
+    map_pick, map_inside, map_iou = [], [], []
     for (r, _), amap in zip(res["arig"], maps_out):
         objs = r["meta"]["objects"]
         vals = [float((amap * torch.from_numpy(grounding.boxes_to_mask([o["box"]], grid))).sum()
@@ -193,12 +194,28 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         map_pick.append(all(vals[s_idx] > v for i, v in enumerate(vals) if i != s_idx))
         m = torch.from_numpy(grounding.boxes_to_mask([objs[s_idx]["box"]], grid))
         map_inside.append(float((amap * m).sum() / amap.sum().clamp_min(1e-9)))
+        mbox = map_box((amap.clamp_min(0) ** MAP_BOX_POWER).reshape(1, -1), grid)[0].tolist()
+        map_iou.append(grounding.box_iou(mbox, objs[s_idx]["box"]))
     correct, verdicts = 0, 0
+    by_type: dict[int, list[bool]] = {}
     for r, text in res["avfact"]:
         v = prompts.parse_verdict(text)
         verdicts += v is not None
-        correct += v is not None and v == bool(r["meta"]["label"])
+        ok = v is not None and v == bool(r["meta"]["label"])
+        correct += ok
+        by_type.setdefault(int(r["meta"]["fact_type"]), []).append(ok)
     n_a, n_f = len(res["arig"]), len(res["avfact"])
+    # AVACE's `visible` (share of audio->image attention on patches) on fact-check Type 4:
+    # paired (True) vs audio of a class that is not in the picture (False).
+    vis = {True: [], False: []}
+    t4 = [r for r, _ in res["avfact"] if int(r["meta"]["fact_type"]) == 4]
+    for i in range(0, len(t4), 64):
+        chunk = t4[i : i + 64]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model.avace(torch.stack([r["z_img"] for r in chunk])[:, 1:], torch.stack([r["z_aud"] for r in chunk]))
+        for r, v in zip(chunk, out.visible.float().tolist()):
+            vis[bool(r["meta"]["label"])].append(v)
+    evaluate.last_maps = (maps_out, [r["meta"] for r, _ in res["arig"]])
     return {
         "arig_n": n_a,
         "arig_parse": parsed / max(n_a, 1),
@@ -207,9 +224,15 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         "arig_nearest_obj_iou": float(np.mean(near)) if near else float("nan"),
         "map_on_sounding": float(np.mean(map_pick)) if map_pick else float("nan"),
         "map_mass_in_box": float(np.mean(map_inside)) if map_inside else float("nan"),
+        "map_box_miou": float(np.mean(map_iou)) if map_iou else float("nan"),
         "avfact_n": n_f,
         "avfact_acc": correct / max(n_f, 1),
         "avfact_parse": verdicts / max(n_f, 1),
+        "visible_t4_true_false": [float(np.mean(vis[True])) if vis[True] else float("nan"),
+                                  float(np.mean(vis[False])) if vis[False] else float("nan")],
+        "avfact_by_type": {t: round(float(np.mean(v)), 3) for t, v in sorted(by_type.items())},
+        "avfact_true_rate": float(np.mean([prompts.parse_verdict(t) is True for _, t in res["avfact"]]))
+        if res["avfact"] else float("nan"),
         "examples": [t for _, t in res["arig"][:4]] + [t for _, t in res["avfact"][:4]],
     }
 
@@ -222,9 +245,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-scenes", type=int, default=1000)
     ap.add_argument("--test-scenes", type=int, default=200)
     ap.add_argument("--task-weights", default="arig=1,avfact=2", help="world task_weights of the train set")
+    ap.add_argument("--mix", default="", help="batch task mix, e.g. 'arig=0.4,avfact=0.6' (default: as rendered)")
     ap.add_argument("--world", default="{}", help="JSON overrides of the easy preset for training")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.0)
@@ -233,19 +257,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="model init and batch order")
     ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--number-sigma", type=float, default=1.5,
+                    help="loss.number_label_sigma: soft labels over neighbouring number tokens (0: plain CE)")
     ap.add_argument("--set", action="append", default=[], metavar="a.b=v", help="ModelConfig override")
     ap.add_argument("--cache", default="/tmp/meerkat_learn_probe", help="'' disables the on-disk cache")
     ap.add_argument("--eval-every", type=float, default=0.0, help="minutes between interim evaluations")
     ap.add_argument("--interim-test-scenes", type=int, default=60)
     ap.add_argument("--json-out", default="")
+    ap.add_argument("--label", default="", help="name of this run in the table")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of earlier --json-out files")
     args = ap.parse_args(argv)
+    if args.table:
+        print_table([json.loads(Path(f).read_text()) for f in args.table])
+        return {}
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     t_start = time.time()
 
-    mcfg = cfgmod.TINY
+    mcfg = cfgmod.replace_path(cfgmod.TINY, "loss.number_label_sigma", args.number_sigma)
     for item in args.set:
         k, v = item.split("=", 1)
         mcfg = cfgmod.replace_path(mcfg, k, parse_value(v))
@@ -289,9 +320,13 @@ def main(argv=None) -> dict:
     pad = model.tokenizer.pad_token_id
     counts = {t: sum(r["meta"]["task"] == t for r in train_rows) for t in TASKS}
     print(f"train rows by task {counts}; trainable params {sum(p.numel() for p in params):,}", flush=True)
-    print(f"config: {' '.join(args.set) or '(tiny preset)'}  lr {args.lr} batch {args.batch} bf16 {args.bf16}",
-          flush=True)
+    print(f"config: tiny + loss.number_label_sigma={args.number_sigma} {' '.join(args.set)}  lr {args.lr} "
+          f"batch {args.batch} bf16 {args.bf16} seed {args.seed}", flush=True)
 
+    by_task = {t: [r for r in train_rows if r["meta"]["task"] == t] for t in TASKS}
+    mix = {t: w for t, w in parse_weights(args.mix).items() if w > 0} if args.mix else {}
+    if any(not by_task[t] for t in mix):
+        raise SystemExit(f"--mix names a task without training rows: {mix}")
     budget = args.minutes * 60
     interim_rows = test_rows[: 3 * args.interim_test_scenes]
     rng = random.Random(args.seed)
@@ -308,7 +343,11 @@ def main(argv=None) -> dict:
         cos = args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         for g in opt.param_groups:
             g["lr"] = args.lr * warm * cos
-        batch = collate(rng.sample(train_rows, args.batch), pad)
+        if mix:
+            picks = rng.choices(list(mix), weights=list(mix.values()), k=args.batch)
+            batch = collate([rng.choice(by_task[t]) for t in picks], pad)
+        else:
+            batch = collate(rng.sample(train_rows, args.batch), pad)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             out = model(batch)
         out["loss"].backward()
@@ -325,7 +364,8 @@ def main(argv=None) -> dict:
             t0 = time.time()
             m = evaluate(model, interim_rows, bf16=args.bf16)
             print(f"  interim @ {step}: miou {m['arig_miou']:.3f} sounding {m['arig_sounding_rate']:.2f} "
-                  f"nearest {m['arig_nearest_obj_iou']:.3f} map {m['map_on_sounding']:.2f}/{m['map_mass_in_box']:.2f} fact {m['avfact_acc']:.3f} {m['examples'][:2]}",
+                  f"nearest {m['arig_nearest_obj_iou']:.3f} map {m['map_on_sounding']:.2f}/{m['map_mass_in_box']:.2f}/{m['map_box_miou']:.2f} fact {m['avfact_acc']:.3f} {m['avfact_by_type']} "
+                  f"T-rate {m['avfact_true_rate']:.2f} vis {m['visible_t4_true_false']} {m['examples'][:2]}",
                   flush=True)
             t_eval_total += time.time() - t0
             next_eval += args.eval_every * 60
@@ -334,7 +374,7 @@ def main(argv=None) -> dict:
     metrics = evaluate(model, test_rows, bf16=args.bf16)
     eval_s = time.time() - t0
     result = {
-        "config": " ".join(args.set) or "full",
+        "config": args.label or " ".join(args.set) or "full",
         "steps": step,
         "train_min": train_s / 60,
         "prep_s": t_prep,
@@ -350,20 +390,25 @@ def main(argv=None) -> dict:
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1), flush=True)
     print_table([result])
     if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=1))
+        torch.save(evaluate.last_maps, Path(args.json_out).with_suffix(".maps.pt"))
     return result
 
 
 def print_table(results: list[dict]) -> None:
-    head = ("config", "steps", "train min", "wall min", "arig mIoU", "on sounding", "rand-obj", "mean-box",
-            "avfact acc", "majority")
-    print(" | ".join(head))
+    head = ("config", "seed", "steps", "train min", "wall min", "arig mIoU", "on sounding", "rand-obj",
+            "mean-box", "map-box mIoU", "avfact acc", "avfact by type 1/2/3/4", "majority")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for r in results:
-        print(" | ".join([
-            r["config"], str(r["steps"]), f"{r['train_min']:.1f}", f"{r['wall_min']:.1f}",
+        types = "/".join(f"{v:.2f}" for _, v in sorted(r["avfact_by_type"].items()))
+        print("| " + " | ".join([
+            r["config"], str(r["args"]["seed"]), str(r["steps"]), f"{r['train_min']:.1f}", f"{r['wall_min']:.1f}",
             f"{r['arig_miou']:.3f}", f"{r['arig_sounding_rate']:.3f}", f"{r['random_object_miou']:.3f}",
-            f"{r['mean_box_miou']:.3f}", f"{r['avfact_acc']:.3f}", f"{r['majority_acc']:.3f}",
-        ]))
+            f"{r['mean_box_miou']:.3f}", f"{r['map_box_miou']:.3f}", f"{r['avfact_acc']:.3f}", types,
+            f"{r['majority_acc']:.3f}",
+        ]) + " |")
 
 
 if __name__ == "__main__":

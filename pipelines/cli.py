@@ -5,17 +5,19 @@ meerkat demo                        the whole pipeline on this machine (make dem
 meerkat build|train|evaluate ...    the Ray jobs (same arguments as python -m pipelines.<job>)
 meerkat ablate ...                  train + evaluate the ablation variants
 meerkat compare [--ablation ID]     side-by-side table of evaluation runs, read from MLflow
+meerkat serve [up|status|down] ...  the Serve application on the local stack (serve/deploy.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("stack", "demo", "quickstart", "build", "train", "evaluate", "ablate", "compare")
+    commands = ("stack", "demo", "quickstart", "build", "train", "evaluate", "ablate", "compare", "serve")
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         from infra.local.stack import main as stack_main
 
         return stack_main(rest)
+    if command == "serve":
+        return _serve(rest)
     if command == "compare":
         from pipelines.ablate import compare
 
@@ -38,6 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     job = __import__(f"pipelines.{module}", fromlist=["main"])
     job.main(rest)
     return 0
+
+
+def _serve(argv: list[str]) -> int:
+    """``serve.deploy`` pointed at the local stack recorded in ``--dir``."""
+    from infra.local.stack import DEFAULT_DIR, load_state
+
+    p = argparse.ArgumentParser(prog="meerkat serve", add_help=False)
+    p.add_argument("--dir", default=DEFAULT_DIR)
+    a, rest = p.parse_known_args(argv)
+    state = load_state(a.dir)
+    if state is None:
+        print(f"no local stack recorded in {a.dir}: run `meerkat stack up` first", file=sys.stderr)
+        return 1
+    # The stack's variables carry the dashboard address and Ray's token settings.
+    os.environ.update(state[0].env())
+    from serve import deploy
+
+    return deploy.main(rest, prog="meerkat serve")
 
 
 if __name__ == "__main__":

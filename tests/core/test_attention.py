@@ -85,3 +85,33 @@ def test_ac_loss_moves_avace_attention_into_the_box():
     assert loss.item() < 0.5 * first
     attn = avace(img, aud).attn_map
     assert (attn * mask).sum() / mask.sum() > 2 * (attn * (1 - mask)).sum() / (1 - mask).sum()
+
+
+def test_map_box_recovers_a_uniform_box_and_ignores_scale():
+    from meerkat_core.attention import map_box
+
+    grid = 14
+    m = torch.zeros(2, grid, grid)
+    m[0, 3:9, 5:12] = 1.0  # rows 3..8, columns 5..11: the box [5, 3, 12, 9] / 14
+    m[1, 0:14, 0:7] = 7.0  # the left half, any scale
+    box = map_box(m.flatten(1), grid)
+    torch.testing.assert_close(box[0], torch.tensor([5, 3, 12, 9]) / grid, atol=0.1 / grid, rtol=0)
+    torch.testing.assert_close(box[1], torch.tensor([0.0, 0.0, 0.5, 1.0]), atol=0.1 / grid, rtol=0)
+
+
+def test_where_channel_starts_at_zero_and_reaches_the_map():
+    torch.manual_seed(0)
+    avace = AVACE(img_dim=12, aud_dim=10, dim=16, num_heads=2, grid=4)
+    img, aud = torch.randn(2, 16, 12), torch.randn(2, 5, 10)
+    out = avace(img, aud)
+    assert out.map_box.shape == (2, 4) and (out.map_box >= 0).all() and (out.map_box <= 1).all()
+    assert (out.map_box[:, 2:] >= out.map_box[:, :2]).all()
+    # zero-initialised projection: the box features add nothing before training ...
+    assert torch.count_nonzero(avace.where.weight) == 0
+    # ... yet a loss on the image tokens reaches the audio->image attention through the box
+    with torch.no_grad():
+        avace.where.weight.normal_()
+    avace.sound_embed.requires_grad_(False)
+    avace.zero_grad()
+    avace(img, aud).img.square().sum().backward()
+    assert avace.aud_to_img.q.weight.grad.abs().sum() > 0

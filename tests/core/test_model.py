@@ -184,3 +184,33 @@ def test_tiny_overfits_eight_samples_and_generates_the_box():
     (text,) = model.generate(gen, max_new_tokens=24)
     assert text == answers[2]
     assert grounding.parse_box(text) is not None
+
+
+def test_number_rows_are_smooth_in_the_value(model):
+    from meerkat_core.tokenizer import number_tokens
+
+    emb = model.llm.get_input_embeddings().weight
+    ids = [i for i, _ in number_tokens(model.tokenizer)["box"]]
+    rows = F.normalize(emb[ids].float(), dim=1)
+    sim = rows @ rows.T  # [101, 101]
+    assert sim[40, 41] > 0.95 and sim[40, 41] > sim[40, 50] > sim[40, 90]
+
+
+def test_soft_number_labels_reward_near_misses_and_zero_sigma_is_plain_ce():
+    from meerkat_core.config import replace_path
+
+    hard = build_model(TINY, pretrained=False, seed=0)
+    soft = build_model(replace_path(TINY, "loss.number_label_sigma", 1.5), pretrained=False, seed=0)
+    batch = make_batch(hard, ["[0.10, 0.20, 0.50, 0.60]", "True"])
+    plain = hard(batch)["loss_ce"]
+    # same weights (same seed), only the targets of the four numbers differ
+    smoothed = soft(batch)["loss_ce"]
+    assert torch.isfinite(smoothed) and abs(smoothed.item() - plain.item()) > 1e-4
+    ids = soft.number_ids
+    targets = soft.number_targets
+    assert targets.shape == (len(ids), len(ids))
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(len(ids)))
+    slot = int(soft.number_slot[soft.tokenizer.convert_tokens_to_ids("0.40")])
+    row = targets[slot]
+    assert row.argmax() == slot and row[slot + 1] > row[slot + 3] > row[slot + 10]
+    assert len(hard.number_ids) == 0

@@ -1,0 +1,59 @@
+"""Fixtures of the Serve tests: the grounding model, registered in MLflow, deployed on the local stack.
+
+``meerkat_service`` (session) is the application deployed with ``meerkat serve`` from
+``models:/meerkat-serve-test/<version>`` on the ``local_stack`` fixture, with a bearer token;
+tests using it are marked ``integration`` through ``local_stack``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.local import stack
+from tests.serve import service
+
+REGISTERED_NAME = "meerkat-serve-test"
+
+
+@pytest.fixture(scope="session")
+def scenes() -> list[service.Scene]:
+    return service.world_scenes()
+
+
+@pytest.fixture(scope="session")
+def grounding_model_dir(tmp_path_factory: pytest.TempPathFactory, scenes: list[service.Scene]) -> Path:
+    return service.train_grounding_model(tmp_path_factory.mktemp("grounding-model"), scenes)
+
+
+@pytest.fixture(scope="session")
+def registered_model(local_stack, grounding_model_dir: Path) -> str:
+    """The grounding model logged and registered in the stack's MLflow; its ``models:/`` URI."""
+    import mlflow
+
+    from pipelines import registry
+
+    uri = local_stack.config.mlflow_uri
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            experiment = mlflow.MlflowClient(uri).create_experiment(f"serve-tests-{secrets.token_hex(4)}")
+            with mlflow.start_run(experiment_id=experiment):
+                version = registry.log_and_register(grounding_model_dir, registered_name=REGISTERED_NAME)
+        finally:
+            mlflow.set_tracking_uri(previous)
+    return f"models:/{REGISTERED_NAME}/{version}"
+
+
+@pytest.fixture(scope="session")
+def meerkat_service(local_stack, registered_model: str) -> Iterator[service.Service]:
+    deployed = service.deploy(local_stack, registered_model, stack.free_port(), secrets.token_hex(16))
+    try:
+        yield deployed
+    finally:
+        service.meerkat_serve(local_stack.config.dir, deployed.env, "down")

@@ -1,0 +1,104 @@
+"""The application's wiring without starting Ray: builder, deploy config, OpenAPI document, auth."""
+
+from __future__ import annotations
+
+import pytest
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
+
+from serve import app as serve_app
+from serve import auth, deploy
+from serve.errors import APIError
+
+
+def test_config_yaml_is_a_valid_serve_deploy_config_for_the_builder():
+    config = ServeDeploySchema.model_validate(deploy.load_config())
+    assert config.http_options.host == "127.0.0.1"
+    (application,) = config.applications
+    assert application.import_path == "serve.app:app"
+    args = serve_app.AppArgs.model_validate(application.args)
+    assert args.model.startswith("models:/")
+    deployments = {d.name: d for d in application.deployments}
+    assert set(deployments) == {"MeerkatModel", "MeerkatAPI"}
+    batching = serve_app.BatchingConfig.model_validate(deployments["MeerkatModel"].user_config)
+    assert deployments["MeerkatModel"].max_ongoing_requests > batching.max_batch_size
+
+
+def test_load_config_overrides():
+    config = deploy.load_config(
+        model="models:/m@prod",
+        port=18000,
+        max_batch_size=1,
+        batch_wait_timeout_s=0.0,
+        api_token_sha256="ab" * 32,
+    )
+    (application,) = config["applications"]
+    assert (
+        application["args"]["model"] == "models:/m@prod"
+        and application["args"]["api_token_sha256"] == "ab" * 32
+    )
+    assert config["http_options"]["port"] == 18000 and deploy.base_url(config) == "http://127.0.0.1:18000"
+    (model,) = [d for d in application["deployments"] if d["name"] == "MeerkatModel"]
+    assert model["user_config"] == {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+    ServeDeploySchema.model_validate(config)
+
+
+def test_builder_binds_the_model_under_the_ingress(monkeypatch):
+    monkeypatch.delenv(serve_app.MODEL_REF_ENV, raising=False)
+    with pytest.raises(ValueError, match="no model reference"):
+        serve_app.app({})
+    monkeypatch.setenv(serve_app.MODEL_REF_ENV, "models:/meerkat-tiny/3")
+    assert isinstance(serve_app.app({"max_audio_seconds": "30"}), Application)
+    assert isinstance(serve_app.app(serve_app.AppArgs(model="/tmp/model")), Application)
+    with pytest.raises(ValueError):
+        serve_app.app({"model": "x", "no_such_arg": 1})
+
+
+@pytest.mark.parametrize(
+    ("ref", "name"),
+    [
+        ("models:/meerkat-tiny/3", "meerkat-tiny/3"),
+        ("models:/meerkat-tiny@prod", "meerkat-tiny@prod"),
+        ("runs:/abc123/model", "abc123/model"),
+        ("s3://bucket/runs/checkpoint_000004/", "checkpoint_000004"),
+        ("/tmp/models/tiny", "tiny"),
+    ],
+)
+def test_served_name(ref, name):
+    assert serve_app.served_name(ref) == name
+
+
+def test_openapi_documents_json_and_multipart_bodies_and_errors():
+    document = serve_app.api.openapi()
+    for task in ("ground", "localize", "factcheck", "answer", "caption"):
+        operation = document["paths"][f"/v1/{task}"]["post"]
+        content = operation["requestBody"]["content"]
+        assert set(content) == {"application/json", "multipart/form-data"}
+        assert content["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
+        assert {"image", "audio"} <= set(content["application/json"]["schema"]["required"])
+        assert {"400", "401", "413", "415", "422", "504"} <= set(operation["responses"])
+        assert operation["security"] == [{"HTTPBearer": []}]
+    chat = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    name = chat["schema"]["$ref"].rpartition("/")[2]
+    assert {"ChatCompletionRequest", "ChatMessage", "ImagePart", "AudioPart"} <= set(
+        document["components"]["schemas"]
+    )
+    assert name == "ChatCompletionRequest"
+    assert "/" not in document["paths"]  # the demo page is not part of the API
+
+
+def test_auth_compares_digests():
+    digest = auth.token_digest("s3cret")
+    auth.check(None, None)
+    auth.check("s3cret", digest)
+    for presented in (None, "", "s3cret ", "other"):
+        with pytest.raises(APIError) as info:
+            auth.check(presented, digest)
+        assert info.value.status == 401 and "s3cret" not in info.value.message
+
+
+def test_auth_digest_from_the_environment(monkeypatch):
+    monkeypatch.delenv(auth.TOKEN_ENV, raising=False)
+    assert auth.digest_from_env() is None
+    monkeypatch.setenv(auth.TOKEN_ENV, "s3cret")
+    assert auth.digest_from_env() == auth.token_digest("s3cret")
