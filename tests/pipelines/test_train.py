@@ -79,6 +79,7 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow  # 12+ min on 2 cores: Ray Data restarts its actor pool every epoch of a small split
 def test_train_job_on_the_local_stack(local_stack):
     import mlflow
 
@@ -91,7 +92,7 @@ def test_train_job_on_the_local_stack(local_stack):
         "--config",
         "pipelines/configs/avfit_demo.yaml",
         f"out_uri={data_uri}",
-        "world.scenes.train=40",
+        "world.scenes.train=200",
         "world.scenes.val=4",
         "world.scenes.test=4",
         "scenes_per_task=20",
