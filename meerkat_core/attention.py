@@ -6,14 +6,10 @@ The module (paper §3.2, Algorithm 1 line 3: ``z̃_I, z̃_A, A^c = AVACE(z_I, z_
    (``img_proj [B, M, d]``, ``aud_proj [B, N, d]``; these modality-specific features are what the OT
    loss aligns, see :mod:`meerkat_core.alignment`);
 2. audio→image attention: every audio token queries the image patches; the softmax is over the
-   patches (keys) plus one learned *null* slot, so each row is a distribution over the image and
-   "nowhere". Without the null slot every audio token must put all its attention on some patch,
-   even a token of a silent stretch or of a sound whose source is off screen; with it, such a
-   token can look away, and the share that does reach the patches (``visible``) says how much
-   of the sound AVACE finds in the picture (the cue of the fact-check "is the source visible?").
-   The map ``A^c`` is the mean of the patch parts of those rows over heads and audio tokens — a
-   spatial profile over the M patches, never the constant ``1/M`` that averaging *over keys*
-   would give — divided by its maximum so that it lies in [0, 1] with its peak at 1. Eq. 3 is then minimised by a map that is 1 on the box and 0 off it,
+   patches (keys), so each row is a distribution over the image. The map ``A^c`` is the mean of
+   those rows over heads and audio tokens — still a distribution over the M patches, never the
+   constant ``1/M`` that averaging *over keys* would give — divided by its maximum so that it lies in
+   [0, 1] with its peak at 1. Eq. 3 is then minimised by a map that is 1 on the box and 0 off it,
    i.e. attention spread evenly over the sounding object. It is returned on the patch grid
    ``[B, h, w]`` (14×14 for ViT-B/16);
 3. image→audio attention: every patch queries the audio tokens, so image tokens carry what they
@@ -32,9 +28,8 @@ The module (paper §3.2, Algorithm 1 line 3: ``z̃_I, z̃_A, A^c = AVACE(z_I, z_
      and inflates σ; the cube keeps the box and drops the floor (on trained maps of the procedural
      world the implied box's IoU with the true box rose from 0.31 to 0.67). The box's four
      coordinates, as sin/cos features of the value (:func:`fourier_features`, the kind of
-     features the tiny LLM's number tokens start from, see :mod:`meerkat_core.model`), and
-     ``visible`` go through a learned projection (zero at init) that is added to every image
-     token.
+     features the tiny LLM's number tokens start from, see :mod:`meerkat_core.model`), go through
+     a learned projection (zero at init) that is added to every image token.
 
    Why the second channel: with only the local one, a small LLM has to learn to turn a
    highlighted region into edge coordinates (a min and a max over patches) from scratch, and in a
@@ -70,14 +65,9 @@ def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
 
 
 class _CrossAttention(nn.Module):
-    """Multi-head attention of queries over another modality's keys/values; returns the probabilities.
+    """Multi-head attention of queries over another modality's keys/values; returns the probabilities."""
 
-    With ``null=True`` a learned key/value pair (zero at init) sits beside the context tokens, so a
-    query that matches nothing can attend to it; the probabilities returned are those of the
-    context tokens only, which then sum to at most 1 per query.
-    """
-
-    def __init__(self, dim: int, num_heads: int, dropout: float, *, null: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"AVACE dim {dim} is not divisible by num_heads {num_heads}")
@@ -87,8 +77,6 @@ class _CrossAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
-        self.null_k = nn.Parameter(torch.zeros(dim)) if null else None
-        self.null_v = nn.Parameter(torch.zeros(dim)) if null else None
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, d = x.shape
@@ -97,14 +85,10 @@ class _CrossAttention(nn.Module):
         q = self.q(x).view(b, n, h, d // h).transpose(1, 2)  # [B, h, n, d/h]
         k = self.k(ctx).view(b, m, h, d // h).transpose(1, 2)  # [B, h, m, d/h]
         v = self.v(ctx).view(b, m, h, d // h).transpose(1, 2)
-        if self.null_k is not None:
-            k = torch.cat([self.null_k.to(k.dtype).view(1, h, 1, d // h).expand(b, h, 1, d // h), k], dim=2)
-            v = torch.cat([self.null_v.to(v.dtype).view(1, h, 1, d // h).expand(b, h, 1, d // h), v], dim=2)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # [B, h, n, (1+) m]
-        probs = logits.softmax(dim=-1)  # a distribution over the context tokens (and null) per query
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # [B, h, n, m]
+        probs = logits.softmax(dim=-1)  # a distribution over the context tokens per query
         mixed = F.dropout(probs, self.dropout, self.training) @ v  # [B, h, n, d/h]
-        out = self.out(mixed.transpose(1, 2).reshape(b, n, d))
-        return out, (probs[..., 1:] if self.null_k is not None else probs)
+        return self.out(mixed.transpose(1, 2).reshape(b, n, d)), probs
 
 
 @dataclass
@@ -121,9 +105,6 @@ class AVACEOutput:
     """``[B, N, d]`` audio tokens projected, before any cross-modal mixing (for the OT loss)."""
     map_box: torch.Tensor | None = None
     """``[B, 4]`` the box the map implies, ``[x1, y1, x2, y2]`` in [0, 1] of the patch grid."""
-    visible: torch.Tensor | None = None
-    """``[B]`` share of the audio→image attention that went to patches rather than to the null
-    slot, in (0, 1]: how much of the sound AVACE finds in the picture."""
 
 
 WHERE_FREQUENCIES = 8
@@ -169,12 +150,12 @@ class AVACE(nn.Module):
         self.img_in = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, dim))
         self.aud_in = nn.Sequential(nn.LayerNorm(aud_dim), nn.Linear(aud_dim, dim))
         self.register_buffer("img_pos", sincos_2d(grid, grid, dim), persistent=False)  # [M, d]
-        self.aud_to_img = _CrossAttention(dim, num_heads, dropout, null=True)
+        self.aud_to_img = _CrossAttention(dim, num_heads, dropout)
         self.img_to_aud = _CrossAttention(dim, num_heads, dropout)
         self.norm_img = nn.LayerNorm(dim)
         self.norm_aud = nn.LayerNorm(dim)
         self.sound_embed = nn.Parameter(torch.zeros(dim))
-        self.where = nn.Linear(4 * 2 * WHERE_FREQUENCIES + 1, dim)  # box features and `visible`
+        self.where = nn.Linear(4 * 2 * WHERE_FREQUENCIES, dim)
         nn.init.zeros_(self.where.weight)
         nn.init.zeros_(self.where.bias)
 
@@ -186,13 +167,12 @@ class AVACE(nn.Module):
         img = self.img_in(z_img)  # [B, M, d]
         aud = self.aud_in(z_aud)  # [B, N, d]
         img_pos = img + self.img_pos.to(img.dtype)
-        aud_ctx, a2i = self.aud_to_img(aud, img_pos)  # a2i [B, heads, N, M], rows sum to <= 1
-        dist = a2i.mean(dim=(1, 2))  # [B, M]
-        visible = dist.sum(dim=-1)  # [B], the rest went to the null slot
+        aud_ctx, a2i = self.aud_to_img(aud, img_pos)  # a2i [B, heads, N, M]
+        dist = a2i.mean(dim=(1, 2))  # [B, M], sums to 1
         attn = dist / dist.amax(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, M] in [0, 1]
         img_ctx, _ = self.img_to_aud(img_pos, aud)  # [B, M, d]
         box = map_box(attn.float() ** MAP_BOX_POWER, self.grid)  # [B, 4]
-        where = self.where(torch.cat([fourier_features(box), visible.float()[:, None]], dim=1).to(img.dtype))
+        where = self.where(fourier_features(box).to(img.dtype))  # [B, d]
         img_out = self.norm_img(img_pos + img_ctx) + attn.unsqueeze(-1) * self.sound_embed + where[:, None]
         aud_out = self.norm_aud(aud + aud_ctx)
         return AVACEOutput(
@@ -202,7 +182,6 @@ class AVACE(nn.Module):
             img_proj=img,
             aud_proj=aud,
             map_box=box,
-            visible=visible,
         )
 
 
