@@ -13,10 +13,15 @@ Stages (each a callable class or function, testable with a hand-made dict):
    with a handler that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated
    tar makes it fail the whole read (checked with Ray 2.60), and the job with it; here the samples
    before the damage are kept and the damage is counted.
-3. **preprocess** (:class:`Preprocess`, ``map_batches`` on an actor pool): JSON parsing and
-   contract check, task mixing, image/audio decoding and the model's preprocessing and
-   tokenization (:class:`meerkat_core.batching.SamplePreprocessor`, the same code Serve runs).
-   A sample with undecodable media or missing fields is skipped and counted.
+3. **preprocess** (:func:`preprocess_batch`, ``map_batches`` as Ray tasks, over :class:`Preprocess`):
+   JSON parsing and contract check, task mixing, image/audio decoding and the model's
+   preprocessing and tokenization (:class:`meerkat_core.batching.SamplePreprocessor`, the same
+   code Serve runs). A sample with undecodable media or missing fields is skipped and counted.
+   Tasks, not an actor pool: Ray Data builds a new actor pool at every execution of the dataset,
+   that is at every epoch of training, and each actor pays the torch + transformers imports and
+   the tokenizer load again (seconds per epoch; most of the run on a small split). Ray keeps its
+   worker processes between tasks, and :func:`preprocess_batch` keeps one :class:`Preprocess`
+   per process, so the second epoch starts warm.
 4. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest.
 
 Skips are counted by reason in a named Ray actor (:class:`SkipCounter`); the job reads
@@ -26,7 +31,8 @@ Task mixing: ``task_weights`` gives the wanted share of each task in the stream.
 manifest says how many samples each task has; every sample of task t is kept with probability
 ``r_t / max(r)`` where ``r_t = w_t / n_t`` — the most under-represented task (per unit weight) is
 read in full, the others are thinned. The draw is a hash of (seed, epoch, key): reproducible, and a
-different subset each epoch.
+different subset each epoch. The epoch of a task is the dataset's execution index, the counter Ray
+Data itself uses to reshuffle the file order at each execution (``FileShuffleConfig``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import io
 import json
 import logging
 import tarfile
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,10 +52,11 @@ import numpy as np
 import ray
 import ray.data
 from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.context import DataContext
 from webdataset import tariterators
 
 from meerkat_core import batching
-from meerkat_core.config import ModelConfig
+from meerkat_core.config import ModelConfig, to_dict
 from meerkat_core.media import MediaError
 from meerkat_core.tokenizer import load_tokenizer
 from pipelines import storage
@@ -73,11 +81,11 @@ class DataConfig:
     """Keep only these tasks (empty: all). The single-task ablation sets one."""
     shuffle_buffer: int = 64
     """Samples in each worker's local shuffle buffer (0: no local shuffle)."""
-    preprocess_actors: int = 1
-    """Actors decoding and preprocessing samples (each holds a tokenizer and a mel filter bank)."""
+    preprocess_tasks: int = 1
+    """Preprocessing tasks running at once (each process keeps a tokenizer and a mel filter bank)."""
     preprocess_cpus: float = 1.0
-    """Logical CPUs each preprocessing actor reserves. Leave room for the read tasks and the
-    training workers: actors that take every CPU of the cluster starve the reads and stall."""
+    """Logical CPUs each preprocessing task reserves. Leave room for the read tasks and the
+    training workers: preprocessing that takes every CPU of the cluster starves the reads and stalls."""
     preprocess_batch: int = 8
     seed: int = 0
 
@@ -202,7 +210,7 @@ class Preprocess:
         self.keep_meta = keep_meta
 
     def _row(
-        self, key: str, jpg: Any, flac: Any, raw_json: Any, counts: Counter[str]
+        self, key: str, jpg: Any, flac: Any, raw_json: Any, counts: Counter[str], epoch: int
     ) -> dict[str, Any] | None:
         try:
             if raw_json is None:
@@ -214,7 +222,7 @@ class Preprocess:
             return None
         if self.keep_probs is not None:
             p = self.keep_probs.get(meta["task"], 0.0)
-            if p < 1.0 and _unit_hash(self.seed, self.epoch, key) >= p:
+            if p < 1.0 and _unit_hash(self.seed, epoch, key) >= p:
                 return None
         if jpg is None or flac is None:
             counts["missing_media"] += 1
@@ -235,12 +243,13 @@ class Preprocess:
             row["meta"] = json.dumps(meta)
         return row
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray], epoch: int | None = None) -> dict[str, np.ndarray]:
         counts: Counter[str] = Counter()
+        epoch = self.epoch if epoch is None else epoch
         rows = [
             r
             for r in (
-                self._row(k, j, f, m, counts)
+                self._row(k, j, f, m, counts, epoch)
                 for k, j, f, m in zip(
                     batch["__key__"], batch["jpg"], batch["flac"], batch["json"], strict=True
                 )
@@ -249,6 +258,54 @@ class Preprocess:
         ]
         _report(counts)
         return _columns(rows)
+
+
+_PREPROCESSORS: dict[tuple[Any, ...], Preprocess] = {}
+_PREPROCESSORS_LOCK = threading.Lock()
+
+
+def _execution_idx() -> int:
+    """How many times this dataset has been executed before (0 outside a Ray Data execution)."""
+    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
+
+
+def preprocess_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    model_config: ModelConfig,
+    tokenizer_dir: str | None,
+    keep_probs: Mapping[str, float] | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    with_answer: bool = True,
+    keep_meta: bool = False,
+) -> dict[str, np.ndarray]:
+    """``map_batches`` task: :class:`Preprocess` of ``batch``, its instance cached in this process.
+
+    The epoch of the mixing draw is ``epoch`` plus the dataset's execution index (see the module
+    docstring).
+    """
+    key = (
+        json.dumps(to_dict(model_config), sort_keys=True),
+        tokenizer_dir,
+        None if keep_probs is None else tuple(sorted(keep_probs.items())),
+        seed,
+        with_answer,
+        keep_meta,
+    )
+    with _PREPROCESSORS_LOCK:
+        stage = _PREPROCESSORS.get(key)
+        if stage is None:
+            stage = Preprocess(
+                model_config,
+                tokenizer_dir,
+                keep_probs,
+                seed=seed,
+                with_answer=with_answer,
+                keep_meta=keep_meta,
+            )
+            _PREPROCESSORS[key] = stage
+    return stage(batch, epoch=epoch + _execution_idx())
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -321,15 +378,17 @@ def build_dataset(
     skip_counter()
     ds = ds.flat_map(untar)
     return ds.map_batches(
-        Preprocess,
-        fn_constructor_args=(model_config, tokenizer_dir, keep),
-        fn_constructor_kwargs={
+        preprocess_batch,
+        fn_kwargs={
+            "model_config": model_config,
+            "tokenizer_dir": tokenizer_dir,
+            "keep_probs": keep,
             "seed": cfg.seed,
             "epoch": epoch,
             "with_answer": with_answer,
             "keep_meta": keep_meta,
         },
         batch_size=cfg.preprocess_batch,
-        concurrency=cfg.preprocess_actors,
+        concurrency=cfg.preprocess_tasks,
         num_cpus=cfg.preprocess_cpus,
     )

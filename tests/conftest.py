@@ -81,8 +81,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stack.stop_service(service)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local(s3_server: S3Server):
+    """A local Ray instance for one test module.
+
+    Module-scoped, not session-scoped: a driver left connected would make the next module's own
+    ``ray.init`` (the two-node cluster of ``test_train.py``) fail with "called ray.init twice".
+    """
     import ray
 
     with pytest.MonkeyPatch.context() as mp:

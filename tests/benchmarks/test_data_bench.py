@@ -57,7 +57,7 @@ def test_stream_throughput(ray_local, shard_dir):
 
     results = {}
     for actors in (1, 2):
-        cfg = data.DataConfig(uri=shard_dir, preprocess_actors=actors, preprocess_cpus=0.5)
+        cfg = data.DataConfig(uri=shard_dir, preprocess_tasks=actors, preprocess_cpus=0.5)
         t = time.perf_counter()
         got, first_at, first_n = 0, None, 0
         for b in data.build_dataset(cfg, TINY, None).iter_batches(batch_size=16):

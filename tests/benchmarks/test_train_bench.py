@@ -47,7 +47,7 @@ def test_one_vs_two_workers(ray_local, s3_server, mlflow_server, monkeypatch):
                 "checkpoint.every=40",
                 "log_every=5",
                 "mlflow.register_as=null",
-                "data.preprocess_actors=2",
+                "data.preprocess_tasks=2",
                 "data.preprocess_cpus=0.5",
             ],
         )

@@ -309,7 +309,7 @@ def _check_fits_training(nodes: dict[str, tuple[float, float, int]], cfg: Any, w
     preprocessing actors (so the placement never needs two kinds at once)."""
     assert cfg.scaling.use_gpu
     n, s = cfg.scaling.num_workers, cfg.scaling
-    data_cpus = cfg.data.preprocess_actors * cfg.data.preprocess_cpus
+    data_cpus = cfg.data.preprocess_tasks * cfg.data.preprocess_cpus
     assert nodes, f"{where}: no GPU node kind"
     whole = []
     for kind, (cpus, gpus, count) in nodes.items():

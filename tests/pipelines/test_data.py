@@ -143,6 +143,20 @@ def test_round_trip_through_s3(ray_local, s3_uri):
         assert json.loads(row["meta"]) == by_key[key]["json"]
 
 
+def test_each_execution_is_a_new_epoch_of_the_mixing_draw(ray_local, s3_uri):
+    """Training iterates the same dataset once per epoch: each pass thins the task differently."""
+    samples = _world(6, seed=2)
+    _write_split(s3_uri, samples)
+    arig = sum(s["json"]["task"] == "arig" for s in samples)
+    cfg = data.DataConfig(uri=s3_uri, task_weights={"arig": 1.0, "avfact": 1.0})
+    ds = data.build_dataset(cfg, TINY, None)
+    passes = [set(_collect(ds)) for _ in range(3)]
+    assert all(len(p) > arig for p in passes)  # arig read in full, a share of avfact drawn
+    assert len({frozenset(p) for p in passes}) > 1, "every epoch drew the same subset"
+    # the draw is a function of (seed, epoch, key): the second pass is epoch 1 of a fresh dataset
+    assert set(_collect(data.build_dataset(cfg, TINY, None, epoch=1))) == passes[1]
+
+
 def test_faults_are_skipped_and_counted(ray_local, s3_uri):
     samples = _world(4, seed=5)
     _write_split(s3_uri, samples, max_count=5)

@@ -169,6 +169,8 @@ def test_two_nodes_fault_and_resume(s3_server, mlflow_server, tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():  # a driver another module left connected would refuse the cluster below
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
     cluster.add_node(num_cpus=3)
     try:
