@@ -6,9 +6,10 @@
 
 Stages (each a callable class or function, testable with a hand-made dict):
 
-1. **read**: ``ray.data.read_binary_files`` of the shards listed in the split's ``manifest.json``
-   (S3 through ``pyarrow.fs.S3FileSystem`` with the endpoint override of :mod:`pipelines.storage`,
-   or local), one tar per row, file order shuffled per epoch (``FileShuffleConfig``).
+1. **read** (:func:`read_tars`): the shards listed in the split's ``manifest.json``, read whole
+   through :mod:`pipelines.storage` (S3 with its endpoint override, or local), one tar per row,
+   for ``epochs`` passes in one stream, each pass in its own seeded order; every row carries
+   its ``epoch``. A shard that cannot be read (after retries) is skipped and counted.
 2. **untar** (:func:`untar`, ``flat_map``): webdataset's own tar iterator and key grouping,
    with a handler that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated
    tar makes it fail the whole read (checked with Ray 2.60), and the job with it; here the samples
@@ -17,11 +18,10 @@ Stages (each a callable class or function, testable with a hand-made dict):
    JSON parsing and contract check, task mixing, image/audio decoding and the model's
    preprocessing and tokenization (:class:`meerkat_core.batching.SamplePreprocessor`, the same
    code Serve runs). A sample with undecodable media or missing fields is skipped and counted.
-   Tasks, not an actor pool: Ray Data builds a new actor pool at every execution of the dataset,
-   that is at every epoch of training, and each actor pays the torch + transformers imports and
-   the tokenizer load again (seconds per epoch; most of the run on a small split). Ray keeps its
-   worker processes between tasks, and :func:`preprocess_batch` keeps one :class:`Preprocess`
-   per process, so the second epoch starts warm.
+   Tasks, not an actor pool: Ray keeps its worker processes between tasks and
+   :func:`preprocess_batch` keeps one :class:`Preprocess` per process, so the torch +
+   transformers imports and the tokenizer load are paid once per process, and evaluation or a
+   second dataset in the same job starts warm (an actor pool is built anew at every execution).
 4. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest.
 
 Skips are counted by reason in a named Ray actor (:class:`SkipCounter`); the job reads
@@ -31,8 +31,13 @@ Task mixing: ``task_weights`` gives the wanted share of each task in the stream.
 manifest says how many samples each task has; every sample of task t is kept with probability
 ``r_t / max(r)`` where ``r_t = w_t / n_t`` — the most under-represented task (per unit weight) is
 read in full, the others are thinned. The draw is a hash of (seed, epoch, key): reproducible, and a
-different subset each epoch. The epoch of a task is the dataset's execution index, the counter Ray
-Data itself uses to reshuffle the file order at each execution (``FileShuffleConfig``).
+different subset each epoch.
+
+Epochs: training asks for all its epochs as one stream (``build_dataset(epochs=N)``) rather than
+iterating the dataset once per epoch: each iteration is a new Ray Data execution, whose start
+(scheduling, first shard read from S3, the local shuffle buffer filling) left the training
+workers waiting about 40 s at every epoch on this 2-core machine, twice an epoch's compute on
+the demo's split.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import json
 import logging
 import tarfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,7 +58,6 @@ import numpy as np
 import ray
 import ray.data
 from ray.data.collate_fn import NumpyBatchCollateFn
-from ray.data.context import DataContext
 from webdataset import tariterators
 
 from meerkat_core import batching
@@ -66,6 +71,8 @@ from pipelines.avfit.shards import read_manifest, shard_uris
 logger = logging.getLogger(__name__)
 
 SKIP_COUNTER_NAME = "meerkat-skip-counter"
+READ_ATTEMPTS = 3
+"""Tries per shard read before the shard is skipped and counted (a missing shard: one)."""
 ROW_COLUMNS = ("pixel_values", "audio_features", "input_ids", "labels", "box_mask", "has_box", "ot_pair")
 
 
@@ -173,6 +180,7 @@ def untar(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 "jpg": sample.get("jpg"),
                 "flac": sample.get("flac"),
                 "json": sample.get("json"),
+                "epoch": int(row.get("epoch", 0)),
             }
     except (tarfile.TarError, OSError, EOFError) as exc:  # a header cut short fails outside the handler
         handler(exc)
@@ -188,7 +196,7 @@ class Preprocess:
         tokenizer_dir: the model's tokenizer (a checkpoint's ``tokenizer/`` or a hub name);
             ``None``: the offline tokenizer of the tiny preset.
         keep_probs: per-task keep probability (task mixing); tasks absent are dropped.
-        seed, epoch: make the mixing draw reproducible per epoch.
+        seed: with each row's ``epoch``, makes the mixing draw reproducible per epoch.
         with_answer: ``False`` tokenizes prompts only (generation in evaluation).
     """
 
@@ -199,13 +207,12 @@ class Preprocess:
         keep_probs: Mapping[str, float] | None = None,
         *,
         seed: int = 0,
-        epoch: int = 0,
         with_answer: bool = True,
         keep_meta: bool = False,
     ) -> None:
         self.prep = batching.SamplePreprocessor(model_config, load_tokenizer(tokenizer_dir))
         self.keep_probs = dict(keep_probs) if keep_probs is not None else None
-        self.seed, self.epoch = seed, epoch
+        self.seed = seed
         self.with_answer = with_answer
         self.keep_meta = keep_meta
 
@@ -239,19 +246,21 @@ class Preprocess:
             return None
         row["__key__"] = key
         row["task"] = meta["task"]
+        row["epoch"] = epoch
         if self.keep_meta:
             row["meta"] = json.dumps(meta)
         return row
 
-    def __call__(self, batch: dict[str, np.ndarray], epoch: int | None = None) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         counts: Counter[str] = Counter()
-        epoch = self.epoch if epoch is None else epoch
+        n = len(batch["__key__"])
+        epochs = batch["epoch"] if "epoch" in batch else np.zeros(n, dtype=np.int64)
         rows = [
             r
             for r in (
-                self._row(k, j, f, m, counts, epoch)
-                for k, j, f, m in zip(
-                    batch["__key__"], batch["jpg"], batch["flac"], batch["json"], strict=True
+                self._row(k, j, f, m, counts, int(e))
+                for k, j, f, m, e in zip(
+                    batch["__key__"], batch["jpg"], batch["flac"], batch["json"], epochs, strict=True
                 )
             )
             if r is not None
@@ -264,11 +273,6 @@ _PREPROCESSORS: dict[tuple[Any, ...], Preprocess] = {}
 _PREPROCESSORS_LOCK = threading.Lock()
 
 
-def _execution_idx() -> int:
-    """How many times this dataset has been executed before (0 outside a Ray Data execution)."""
-    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
-
-
 def preprocess_batch(
     batch: dict[str, np.ndarray],
     *,
@@ -276,15 +280,10 @@ def preprocess_batch(
     tokenizer_dir: str | None,
     keep_probs: Mapping[str, float] | None = None,
     seed: int = 0,
-    epoch: int = 0,
     with_answer: bool = True,
     keep_meta: bool = False,
 ) -> dict[str, np.ndarray]:
-    """``map_batches`` task: :class:`Preprocess` of ``batch``, its instance cached in this process.
-
-    The epoch of the mixing draw is ``epoch`` plus the dataset's execution index (see the module
-    docstring).
-    """
+    """``map_batches`` task: :class:`Preprocess` of ``batch``, its instance cached in this process."""
     key = (
         json.dumps(to_dict(model_config), sort_keys=True),
         tokenizer_dir,
@@ -305,7 +304,7 @@ def preprocess_batch(
                 keep_meta=keep_meta,
             )
             _PREPROCESSORS[key] = stage
-    return stage(batch, epoch=epoch + _execution_idx())
+    return stage(batch)
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -336,35 +335,56 @@ class MeerkatCollate(NumpyBatchCollateFn):
         out: dict[str, Any] = batching.collate(rows, self.pad_id, side=self.side)
         out["__key__"] = list(batch["__key__"])
         out["task"] = list(batch["task"])
+        if "epoch" in batch:
+            out["epoch"] = [int(e) for e in batch["epoch"]]
         if "meta" in batch:
             out["meta"] = [json.loads(m) for m in batch["meta"]]
         return out
 
 
-def read_tars(uri: str, *, shuffle_seed: int | None) -> ray.data.Dataset:
-    """One row per shard of the split at ``uri`` (``{"bytes", "path"}``), file order shuffled when seeded."""
+def _read_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``flat_map`` stage: ``{"uri", "epoch"}`` -> ``{"bytes", "path", "epoch"}``; an unreadable shard is counted."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            payload = storage.read_bytes(row["uri"])
+            break
+        except OSError as exc:  # storage masks credentials in the message
+            if attempt + 1 < READ_ATTEMPTS and not isinstance(exc, FileNotFoundError):
+                time.sleep(2**attempt)
+                continue
+            logger.warning("shard %s cannot be read (%s); skipping it", row["uri"], exc)
+            _report(Counter(unreadable_shard=1))
+            return
+    yield {"bytes": payload, "path": row["uri"], "epoch": int(row["epoch"])}
+
+
+def read_tars(
+    uri: str, *, epochs: int = 1, start_epoch: int = 0, shuffle_seed: int | None = None
+) -> ray.data.Dataset:
+    """One row per shard and epoch (``{"bytes", "path", "epoch"}``): epochs ``start_epoch ..``, in order.
+
+    All the epochs are one execution of one dataset, so the pipeline stays warm from one epoch to
+    the next (a new execution per epoch costs a pipeline start each time: 40 s per epoch of about
+    20 s on 2 cores, measured). With ``shuffle_seed``, the shard order of epoch ``e`` is a
+    permutation seeded by ``(shuffle_seed, e)``: reproducible, and different each epoch.
+    """
     uris = shard_uris(uri)
     if not uris:
         raise ValueError(f"the manifest at {uri} lists no shards")
-    fs, _ = storage.pyarrow_fs(uris[0])
-    paths = [storage.pyarrow_fs(u)[1] for u in uris]
-    shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
-    # Reading a tar is I/O: a small CPU reservation keeps reads schedulable beside busy actors.
-    return ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=0.1)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    items = []
+    for epoch in range(start_epoch, start_epoch + epochs):
+        order = list(uris)
+        if shuffle_seed is not None:
+            np.random.default_rng([shuffle_seed, epoch]).shuffle(order)
+        items += [{"uri": u, "epoch": epoch} for u in order]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    # Reading a tar is I/O: a small CPU reservation keeps reads schedulable beside busy workers.
+    return ds.flat_map(_read_shard, num_cpus=0.1)
 
 
-def build_dataset(
-    cfg: DataConfig,
-    model_config: ModelConfig,
-    tokenizer_dir: str | None,
-    *,
-    epoch: int = 0,
-    shuffle: bool = True,
-    with_answer: bool = True,
-    keep_meta: bool = False,
-) -> ray.data.Dataset:
-    """The preprocessed stream of one split, ready for ``iter_torch_batches(collate_fn=MeerkatCollate(...))``."""
-    manifest = read_manifest(cfg.uri)
+def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, float] | None]:
     task_counts = dict(manifest["counts"]["task"])
     if cfg.tasks:
         task_counts = {t: n for t, n in task_counts.items() if t in cfg.tasks}
@@ -374,7 +394,36 @@ def build_dataset(
             )
     weights = cfg.task_weights or ({t: float(n) for t, n in task_counts.items()} if cfg.tasks else {})
     keep = task_keep_probs(task_counts, weights) if (weights or cfg.tasks) else None
-    ds = read_tars(cfg.uri, shuffle_seed=(cfg.seed * 100_003 + epoch) if shuffle else None)
+    return task_counts, keep
+
+
+def samples_per_epoch(cfg: DataConfig) -> float:
+    """How many samples one epoch of the split yields after task mixing (in expectation)."""
+    task_counts, keep = _keep_probs(cfg, read_manifest(cfg.uri))
+    return float(sum(n * (1.0 if keep is None else keep.get(t, 0.0)) for t, n in task_counts.items()))
+
+
+def build_dataset(
+    cfg: DataConfig,
+    model_config: ModelConfig,
+    tokenizer_dir: str | None,
+    *,
+    epochs: int = 1,
+    start_epoch: int = 0,
+    shuffle: bool = True,
+    with_answer: bool = True,
+    keep_meta: bool = False,
+) -> ray.data.Dataset:
+    """The preprocessed stream of one split, ready for ``iter_torch_batches(collate_fn=MeerkatCollate(...))``.
+
+    ``epochs`` passes over the split in one stream (each row says its ``epoch``), starting at
+    ``start_epoch``: the shard order and the task-mixing draw of an epoch depend only on the seed
+    and the epoch, so a stream started at epoch 3 continues one started at 0.
+    """
+    _, keep = _keep_probs(cfg, read_manifest(cfg.uri))
+    ds = read_tars(
+        cfg.uri, epochs=epochs, start_epoch=start_epoch, shuffle_seed=cfg.seed if shuffle else None
+    )
     skip_counter()
     ds = ds.flat_map(untar)
     return ds.map_batches(
@@ -384,7 +433,6 @@ def build_dataset(
             "tokenizer_dir": tokenizer_dir,
             "keep_probs": keep,
             "seed": cfg.seed,
-            "epoch": epoch,
             "with_answer": with_answer,
             "keep_meta": keep_meta,
         },

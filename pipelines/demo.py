@@ -1,28 +1,36 @@
 """The whole system on one machine: ``make demo``.
 
-    python -m pipelines.demo [--dir .local-stack] [--train-steps 400] [--scenes 400]
+    python -m pipelines.demo [--dir .local-stack] [--train-steps 900] [--scenes 600] [--serve-port 8000]
 
 1. starts the embedded local stack (Ray head, MLflow, S3-compatible server on loopback), or reuses it;
 2. ``ray job submit``: builds the procedural AVFIT into the S3 server;
 3. ``ray job submit``: trains the tiny model with 2 Ray Train workers, tracked in MLflow, and
    registers it in the MLflow Model Registry;
-4. loads the registered model in this process and asks it one grounding question.
+4. ``ray job submit``: evaluates the registered model on held-out scenes (MeerkatBench against the
+   trivial baselines, logged to MLflow with its artefacts);
+5. deploys the Ray Serve application from the registered model (HTTP on 127.0.0.1 only, no token);
+6. sends one request to each task endpoint and prints the answers next to the truth, then the
+   evaluation table and the URLs (Ray dashboard, MLflow UI, the demo page).
 
 Every stage prints what it does and how long it took; a second run reuses the stack, the shards
-(same fingerprint) and retrains only if asked (``--retrain``). ``make demo-down`` stops the stack.
+(same fingerprint), the registered model (``--retrain`` to train again) and its evaluation table
+(cached in the stack's directory). ``make demo-down`` stops the stack, Serve included.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from infra.local import stack
+from meerkat_core import grounding
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "meerkat-tiny"
@@ -62,47 +70,105 @@ def registered_version(tracking_uri: str, name: str) -> str | None:
     return max((v.version for v in versions), key=int) if versions else None
 
 
-def ask(model_ref: str, env: dict[str, str]) -> None:
-    """Load the registered model and answer one question of each grounding kind."""
+def evaluate(env: dict[str, str], model_ref: str, data_uri: str, cache: Path, max_samples: int) -> str:
+    """``ray job submit -- python -m pipelines.evaluate``; the results table (cached per model version)."""
+    if cache.exists():
+        print(f"{model_ref} was evaluated already ({cache}); delete it to evaluate again")
+        return cache.read_text()
+    out = submit(
+        env,
+        "pipelines.evaluate",
+        "--model",
+        model_ref,
+        "--data",
+        data_uri,
+        "--max-samples",
+        str(max_samples),
+        "--run-name",
+        f"demo-eval-{model_ref.rsplit('/', 1)[-1]}",
+    )
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("# Model against trivial baselines"))
+    last = next(i for i in range(first, len(lines)) if lines[i].startswith('{"eval_run_id"'))
+    table = "\n".join(lines[first:last]).strip()
+    cache.write_text(table + "\n")
+    return table
+
+
+def deploy(env: dict[str, str], model_ref: str, port: int) -> str:
+    """Deploy the Serve application on the stack from ``model_ref``; its base URL.
+
+    Without a token: the local stack's HTTP proxy listens on 127.0.0.1 only (``serve/config.yaml``).
+    """
+    from serve import deploy as serve_deploy
+
     os.environ.update(env)
-    from meerkat_core import batching, grounding
-    from pipelines import registry
+    os.environ.pop(serve_deploy.auth.TOKEN_ENV, None)
+    code = serve_deploy.main(
+        ["up", "--address", env["RAY_ADDRESS"], "--model", model_ref, "--port", str(port)]
+    )
+    if code != 0:
+        raise SystemExit("the Serve application did not come up (see above)")
+    return f"http://127.0.0.1:{port}"
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def ask_every_task(base_url: str) -> None:
+    """One request per task endpoint, with a held-out scene of the procedural world; prints answer and truth."""
     from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 
-    model = registry.load(model_ref)
-    prep = batching.SamplePreprocessor(model.config, model.tokenizer)
-    samples = list(iter_samples(WORLD_PRESETS["easy"], "test", 2, 12345))
-    for task in ("arig", "avfact"):
-        s = next(x for x in samples if x["json"]["task"] == task)
-        batch = batching.collate(
-            [prep(s["image"], s["audio"], s["json"], with_answer=False)],
-            model.tokenizer.pad_token_id,
-            side="left",
-        )
-        (text,) = model.generate(batch)
-        print(f"[{task}] {s['json']['instruction']}\n    model: {text!r}   truth: {s['json']['answer']!r}")
-        if task == "arig":
-            box = grounding.parse_box(text)
-            iou = grounding.box_iou(box, s["json"]["boxes"][0]) if box else 0.0
-            print(f"    parsed box: {box}  IoU with the sounding object: {iou:.2f}")
+    samples = list(iter_samples(WORLD_PRESETS["easy"], "test", 1, 12345))
+    by_task = {s["json"]["task"]: s for s in samples}
+    scene = by_task["arig"]
+    meta = scene["json"]
+    sounding = next(o for o in meta["objects"] if o["sounds"])
+    window = next(e["segment"] for e in meta["sound_events"] if e["class"] == sounding["class"])
+    media = {
+        "image": base64.b64encode(scene["image"]).decode(),
+        "audio": base64.b64encode(scene["audio"]).decode(),
+    }
+    box = [round(v, 2) for v in sounding["box"]]
+    requests = [
+        ("ground", {}, grounding.format_box(sounding["box"])),
+        ("localize", {"object": sounding["class"]}, grounding.format_segment(window)),
+        ("factcheck", {"box": box, "window": window}, "True"),
+        ("answer", {"question": "How many objects in the image make a sound?"}, "1"),
+        ("caption", {}, by_task["avc"]["json"]["answer"] if "avc" in by_task else "-"),
+    ]
+    print(f"scene: a {sounding['class']} sounds at {window} s, box {box}")
+    for task, params, truth in requests:
+        t0 = time.perf_counter()
+        reply = _post(f"{base_url}/v1/{task}", {**media, **params})
+        parsed = {k: v for k, v in reply["grounding"].items() if v not in (None, False)}
+        print(f"POST /v1/{task:<9} {time.perf_counter() - t0:5.2f}s  model: {reply['text']!r}")
+        print(f"    {'':<15} truth: {truth!r}  grounding: {json.dumps(parsed)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Meerkat on Ray, end to end on one machine.")
     parser.add_argument("--dir", default=".local-stack")
-    parser.add_argument("--scenes", type=int, default=400, help="training scenes of the procedural world")
-    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--scenes", type=int, default=600, help="training scenes of the procedural world")
+    parser.add_argument("--train-steps", type=int, default=900)
+    parser.add_argument("--eval-samples", type=int, default=1000, help="held-out samples to evaluate, at most")
+    parser.add_argument("--serve-port", type=int, default=int(os.environ.get("MEERKAT_SERVE_PORT", "8000")))
     parser.add_argument("--retrain", action="store_true", help="train again even if a model is registered")
     args = parser.parse_args(argv)
     t_all = time.perf_counter()
 
-    t0 = _stage("1/4 local stack: Ray head, MLflow, S3 server on 127.0.0.1")
+    t0 = _stage("1/6 local stack: Ray head, MLflow, S3 server on 127.0.0.1")
     config = stack.up(stack.StackConfig.from_env(args.dir))
     env = {**os.environ, **config.env()}
     _done(t0)
 
     data_uri = f"s3://{config.bucket}/avfit"
-    t0 = _stage(f"2/4 AVFIT: procedural world -> WebDataset shards in {data_uri}")
+    t0 = _stage(f"2/6 AVFIT: procedural world -> WebDataset shards in {data_uri}")
     submit(
         env,
         "pipelines.build_avfit",
@@ -113,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     _done(t0)
 
-    t0 = _stage("3/4 training: tiny Meerkat, 2 Ray Train workers, MLflow tracking")
+    t0 = _stage("3/6 training: tiny Meerkat, 2 Ray Train workers, MLflow tracking")
     version = registered_version(config.mlflow_uri, MODEL_NAME)
     if version is None or args.retrain:
         out = submit(
@@ -133,14 +199,29 @@ def main(argv: list[str] | None = None) -> None:
         version = result["registered_version"]
     else:
         print(f"model {MODEL_NAME} version {version} is registered already (--retrain to train again)")
+    model_ref = f"models:/{MODEL_NAME}/{version}"
     _done(t0)
 
-    t0 = _stage(f"4/4 the registered model models:/{MODEL_NAME}/{version} answers")
-    ask(f"models:/{MODEL_NAME}/{version}", config.env())
+    t0 = _stage(f"4/6 MeerkatBench on held-out scenes: {model_ref} against the trivial baselines")
+    cache = Path(args.dir) / f"demo-eval-{MODEL_NAME}-v{version}.md"
+    table = evaluate(env, model_ref, f"{data_uri}/test", cache, args.eval_samples)
     _done(t0)
 
+    t0 = _stage(f"5/6 Ray Serve: deploying {model_ref}")
+    base_url = deploy(config.env(), model_ref, args.serve_port)
+    _done(t0)
+
+    t0 = _stage("6/6 one request per task endpoint")
+    ask_every_task(base_url)
+    _done(t0)
+
+    print(f"\nMeerkatBench, {model_ref} (every task against its trivial baselines):\n{table}")
     print(f"\nDemo finished in {time.perf_counter() - t_all:.0f}s.")
-    print(f"Ray dashboard: {config.dashboard_url}\nMLflow UI:     {config.mlflow_uri}")
+    print(f"Ray dashboard: {config.dashboard_url}")
+    print(
+        f"MLflow UI:     {config.mlflow_uri}  (experiment 'meerkat': training curves, evaluation artefacts)"
+    )
+    print(f"Demo page:     {base_url}/   API docs: {base_url}/docs")
     print(f"Stop everything with: make demo-down (python -m infra.local.stack down --dir {args.dir})")
 
 

@@ -231,6 +231,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         mlflow.set_tracking_uri(loop_config["tracking_uri"])
         mlflow.start_run(run_id=loop_config["mlflow_run_id"])
         mlflow.set_tag("meerkat.worker_nodes", ",".join(nodes))
+        if checkpoint is not None:  # one point per restart: where the run picked up again
+            mlflow.log_metric("train/resumed_at_step", state["step"], step=state["step"])
     shard = ray.train.get_dataset_shard("train")
     collate = MeerkatCollate(model.tokenizer.pad_token_id)
     use_amp = device.type == "cuda"
@@ -241,17 +243,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     micro = 0
     wrapped.train()
 
+    # The shard is one stream of several epochs (``pipelines.data.build_dataset(epochs=...)``), each
+    # row tagged with its epoch. A resumed worker skips what the checkpoint's data position says it
+    # trained on: earlier epochs, then ``batch_in_epoch`` batches of the checkpoint's epoch.
+    resume_at = (state["epoch"], state["batch_in_epoch"])
+    passes = 0
     while state["step"] < cfg.optim.max_steps:
+        if passes:
+            logger.warning(
+                "the stream ended before max_steps (more samples were dropped than expected); "
+                "reading it again"
+            )
         batches = iter(
             shard.iter_torch_batches(
                 batch_size=cfg.optim.batch_size,
                 collate_fn=collate,
                 local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                local_shuffle_seed=cfg.seed * 1000 + state["epoch"] * 10 + rank,
+                local_shuffle_seed=cfg.seed * 1000 + passes * 10 + rank,
                 drop_last=True,
             )
         )
-        to_skip = state["batch_in_epoch"]  # data position: batches of this epoch already trained on
+        epoch_offset = passes * loop_config["epochs"]
+        passes += 1
+        current, in_epoch = -1, 0
         while state["step"] < cfg.optim.max_steps:
             t_wait = time.perf_counter()
             try:
@@ -259,9 +273,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             except StopIteration:
                 break
             wait_s += time.perf_counter() - t_wait
-            if to_skip > 0:
-                to_skip -= 1
+            epoch = epoch_offset + max(batch.pop("epoch", [0]))
+            if epoch != current:
+                current, in_epoch = epoch, 0
+            in_epoch += 1
+            if (epoch, in_epoch) <= resume_at:
                 continue
+            state["epoch"], state["batch_in_epoch"] = epoch, in_epoch
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = wrapped(batch)
@@ -270,7 +288,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 sums[k] = sums.get(k, 0.0) + out[k].detach().item()
             sums["n"] = sums.get("n", 0) + 1
             window_samples += len(batch["input_ids"])
-            state["batch_in_epoch"] += 1
             micro += 1
             if micro % accum:
                 continue
@@ -318,8 +335,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         checkpoint=ckpt,
                         checkpoint_dir_name=f"step-{step:07d}",
                     )
-        state["epoch"] += 1
-        state["batch_in_epoch"] = 0
     if rank == 0:
         mlflow.end_run()
 
@@ -358,16 +373,30 @@ def _mlflow_run(cfg: TrainJobConfig, params: dict[str, Any], config_yaml: str) -
         return run.info.run_id
 
 
+def epochs_needed(cfg: TrainJobConfig, per_epoch: float) -> int:
+    """Epochs of the training stream: enough for ``max_steps`` with a margin for what gets dropped.
+
+    Each worker drops its last partial batch, and the task-mixing draw varies around its
+    expectation; the margin (25 % and one epoch) covers both. The loop re-reads the stream should
+    it still run short.
+    """
+    samples = cfg.optim.max_steps * cfg.grad_accum * cfg.optim.batch_size * cfg.scaling.num_workers
+    if per_epoch <= 0:
+        raise ValueError(f"the split at {cfg.data.uri} yields no samples for the task mix asked")
+    return max(1, math.ceil(1.25 * samples / per_epoch) + 1)
+
+
 def run(cfg: TrainJobConfig) -> dict[str, Any]:
     """Train on the connected Ray cluster; returns the MLflow run id, registered version and checkpoint."""
     import mlflow
+    import ray.data
     import ray.train
     import yaml
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines import registry, storage
     from pipelines.config import flatten, resolve_model
-    from pipelines.data import build_dataset, skip_counts
+    from pipelines.data import build_dataset, samples_per_epoch, skip_counts
 
     model_cfg = resolve_model(cfg.model)
     resolved = {"job": to_dict(cfg), "model": to_dict(model_cfg)}
@@ -379,7 +408,11 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     run_id = _mlflow_run(cfg, params, yaml.safe_dump(resolved, sort_keys=False))
 
     tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
-    dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir)
+    # Per-operator progress bars turn into thousands of lines in a job's log; the loop logs its own.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    epochs = epochs_needed(cfg, samples_per_epoch(cfg.data))
+    logger.info("training stream: %d epochs of %s", epochs, cfg.data.uri)
+    dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir, epochs=epochs)
     fs, path = storage.pyarrow_fs(cfg.storage_uri)
     if not cfg.storage_uri.startswith("s3://"):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -393,6 +426,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             "model": to_dict(model_cfg),
             "mlflow_run_id": run_id,
             "tracking_uri": tracking_uri,
+            "epochs": epochs,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -143,18 +143,20 @@ def test_round_trip_through_s3(ray_local, s3_uri):
         assert json.loads(row["meta"]) == by_key[key]["json"]
 
 
-def test_each_execution_is_a_new_epoch_of_the_mixing_draw(ray_local, s3_uri):
-    """Training iterates the same dataset once per epoch: each pass thins the task differently."""
+def test_epochs_in_one_stream_each_draw_their_own_subset(ray_local, s3_uri):
+    """Training reads all its epochs as one stream; each epoch thins the mixed task differently."""
     samples = _world(6, seed=2)
     _write_split(s3_uri, samples)
     arig = sum(s["json"]["task"] == "arig" for s in samples)
     cfg = data.DataConfig(uri=s3_uri, task_weights={"arig": 1.0, "avfact": 1.0})
-    ds = data.build_dataset(cfg, TINY, None)
-    passes = [set(_collect(ds)) for _ in range(3)]
-    assert all(len(p) > arig for p in passes)  # arig read in full, a share of avfact drawn
-    assert len({frozenset(p) for p in passes}) > 1, "every epoch drew the same subset"
-    # the draw is a function of (seed, epoch, key): the second pass is epoch 1 of a fresh dataset
-    assert set(_collect(data.build_dataset(cfg, TINY, None, epoch=1))) == passes[1]
+    rows = list(data.build_dataset(cfg, TINY, None, epochs=3).iter_rows())
+    by_epoch = {e: {r["__key__"] for r in rows if r["epoch"] == e} for e in range(3)}
+    assert sum(len(keys) for keys in by_epoch.values()) == len(rows)
+    assert all(len(keys) > arig for keys in by_epoch.values())  # arig in full, a share of avfact
+    assert len({frozenset(keys) for keys in by_epoch.values()}) > 1, "every epoch drew the same subset"
+    assert data.samples_per_epoch(cfg) == pytest.approx(2 * arig)
+    # an epoch depends only on (seed, epoch): a stream started at epoch 1 continues the first one
+    assert set(_collect(data.build_dataset(cfg, TINY, None, start_epoch=1))) == by_epoch[1]
 
 
 def test_faults_are_skipped_and_counted(ray_local, s3_uri):
