@@ -2,22 +2,32 @@
 
 In-process, no Ray:
 
-1. render ``--train-scenes`` scenes of the procedural world (``easy`` preset, the task mix of
-   ``--task-weights``) and ``--test-scenes`` held-out scenes of split "test" with exactly two
-   objects (``min_objects=2``);
+1. render ``--train-scenes`` scenes of the procedural world (``easy`` preset: one or two objects,
+   the task mix of ``--task-weights``, by default arig and avfact) and ``--test-scenes`` held-out
+   scenes of split "test" with exactly two objects (``min_objects=2``);
 2. preprocess every sample once with :class:`meerkat_core.batching.SamplePreprocessor` and run the
-   FROZEN encoders once over the result, keeping their token states in memory (and in ``--cache``):
-   the encoders are frozen, deterministic and in eval mode, so this is the very input AVACE sees
-   at every step, at a third of the step's cost. The model then runs with pass-through encoders;
-   everything trainable (AVACE, projections, LoRA, lm_head) runs as in :class:`MeerkatModel`;
-3. train with AdamW (linear warm-up, cosine decay) on random mini-batches for ``--minutes``;
-4. evaluate by greedy ``model.generate`` on the test samples: arig box IoU, how often the box lands
-   on the sounding object rather than the other one, and avfact accuracy, next to
-   ``world.baselines``.
+   FROZEN encoders once over the result, keeping their token states in memory (and in ``--cache``,
+   keyed by the encoder config, the seed and the data; the first run builds it, ~5 min on a busy
+   2-core machine): the encoders are frozen, deterministic and in eval mode, so this is the very
+   input AVACE sees at every step, at a third of the step's cost. The model then runs with
+   pass-through encoders; everything trainable (AVACE, projections, LoRA, lm_head) and every loss
+   term runs as in :class:`MeerkatModel`;
+3. train with AdamW (linear warm-up, then cosine decay over the ``--minutes`` budget) on random
+   mini-batches, bf16 autocast, one thread (``--threads``);
+4. evaluate by greedy ``model.generate`` on the test samples, parsed with ``grounding.parse_box``
+   and ``prompts.parse_verdict``: arig mean IoU (unparsable = 0), the fraction of arig answers whose
+   IoU with the sounding object's box beats their IoU with the other object's ("on sounding";
+   chance is 0.5), avfact accuracy overall and per fact type, next to ``world.baselines``
+   (random-object and mean-box IoU, majority class). Diagnostics: AVACE's map on the sounding
+   object (mean map value in its box above the other object's), and the IoU of the box the map
+   implies (``attention.map_box``).
 
-    .venv/bin/python experiments/learn_probe.py --minutes 5                      # full
-    .venv/bin/python experiments/learn_probe.py --minutes 5 --set loss.lambda_ot=0
-    .venv/bin/python experiments/learn_probe.py --minutes 5 --set loss.lambda_ac=0
+The tiny preset is trained with ``loss.number_label_sigma = 1.5`` (``--number-sigma``).
+
+    .venv/bin/python experiments/learn_probe.py --minutes 5 --label full --json-out runs/full.json
+    .venv/bin/python experiments/learn_probe.py --minutes 5 --label no-OT --set loss.lambda_ot=0 --json-out runs/noot.json
+    .venv/bin/python experiments/learn_probe.py --minutes 5 --label no-AC --set loss.lambda_ac=0 --json-out runs/noac.json
+    .venv/bin/python experiments/learn_probe.py --table runs/*.json
 """
 
 from __future__ import annotations
@@ -90,12 +100,20 @@ def prepare(samples, model, pp, *, with_answer: bool, log_prefix: str) -> list[d
             # Same image and audio as an earlier sample (the samples of one scene share them): only
             # the text, the box mask and the pairing differ; computed with SamplePreprocessor's own
             # helpers, so the row is what it would have produced.
-            text = encode_example(pp.tokenizer, meta["instruction"], meta["answer"] if with_answer else None,
-                                  pp.config.max_text_tokens)
+            text = encode_example(
+                pp.tokenizer,
+                meta["instruction"],
+                meta["answer"] if with_answer else None,
+                pp.config.max_text_tokens,
+            )
             mask = _mask_for(meta, pp)
-            row = {"input_ids": np.asarray(text["input_ids"], np.int64),
-                   "labels": np.asarray(text["labels"], np.int64),
-                   "box_mask": mask, "has_box": bool(mask.any()), "ot_pair": bool(meta.get("paired", True))}
+            row = {
+                "input_ids": np.asarray(text["input_ids"], np.int64),
+                "labels": np.asarray(text["labels"], np.int64),
+                "box_mask": mask,
+                "has_box": bool(mask.any()),
+                "ot_pair": bool(meta.get("paired", True)),
+            }
         zi, za = media_rows[key]
         rows.append(
             {
@@ -109,8 +127,10 @@ def prepare(samples, model, pp, *, with_answer: bool, log_prefix: str) -> list[d
                 "meta": meta,
             }
         )
-    print(f"{log_prefix}: {len(rows)} samples, {len(media_rows)} distinct media, {time.time() - t0:.0f}s",
-          flush=True)
+    print(
+        f"{log_prefix}: {len(rows)} samples, {len(media_rows)} distinct media, {time.time() - t0:.0f}s",
+        flush=True,
+    )
     return rows
 
 
@@ -123,8 +143,9 @@ def _mask_for(meta, pp: SamplePreprocessor) -> np.ndarray:
 
 
 def collate(rows, pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    batch = pad_text([{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows],
-                     pad_id, side=side)
+    batch = pad_text(
+        [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows], pad_id, side=side
+    )
     batch["pixel_values"] = torch.stack([r["z_img"] for r in rows])
     batch["audio_features"] = torch.stack([r["z_aud"] for r in rows])
     batch["box_mask"] = torch.stack([r["box_mask"] for r in rows])
@@ -153,6 +174,7 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
     pad = model.tokenizer.pad_token_id
     res = {"arig": [], "avfact": []}
     maps_out: list[torch.Tensor] = []
+    fact_maps: list[torch.Tensor] = []
     for task, max_new in (("arig", 14), ("avfact", 3)):
         task_rows = [r for r in rows if r["meta"]["task"] == task]
         for i in range(0, len(task_rows), batch_size):
@@ -160,9 +182,11 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
             batch = collate(chunk, pad, side="left")
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 texts, maps = model.generate(batch, max_new_tokens=max_new, return_attention=True)
-            res[task] += list(zip(chunk, texts))
+            res[task] += list(zip(chunk, texts, strict=True))
             if task == "arig":
                 maps_out += list(maps.float())
+            else:
+                fact_maps += list(maps.float())
     model.train()
 
     ious, on_sounding, near, parsed = [], [], [], 0
@@ -186,10 +210,15 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
     # object's box cells on the patch grid.
     grid = maps_out[0].shape[-1] if maps_out else 14
     map_pick, map_inside, map_iou = [], [], []
-    for (r, _), amap in zip(res["arig"], maps_out):
+    for (r, _), amap in zip(res["arig"], maps_out, strict=True):
         objs = r["meta"]["objects"]
-        vals = [float((amap * torch.from_numpy(grounding.boxes_to_mask([o["box"]], grid))).sum()
-                      / max(grounding.boxes_to_mask([o["box"]], grid).sum(), 1)) for o in objs]
+        vals = [
+            float(
+                (amap * torch.from_numpy(grounding.boxes_to_mask([o["box"]], grid))).sum()
+                / max(grounding.boxes_to_mask([o["box"]], grid).sum(), 1)
+            )
+            for o in objs
+        ]
         s_idx = [i for i, o in enumerate(objs) if o["sounds"]][0]
         map_pick.append(all(vals[s_idx] > v for i, v in enumerate(vals) if i != s_idx))
         m = torch.from_numpy(grounding.boxes_to_mask([objs[s_idx]["box"]], grid))
@@ -205,16 +234,18 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         correct += ok
         by_type.setdefault(int(r["meta"]["fact_type"]), []).append(ok)
     n_a, n_f = len(res["arig"]), len(res["avfact"])
-    # AVACE's `visible` (share of audio->image attention on patches) on fact-check Type 4:
-    # paired (True) vs audio of a class that is not in the picture (False).
-    vis = {True: [], False: []}
-    t4 = [r for r, _ in res["avfact"] if int(r["meta"]["fact_type"]) == 4]
-    for i in range(0, len(t4), 64):
-        chunk = t4[i : i + 64]
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model.avace(torch.stack([r["z_img"] for r in chunk])[:, 1:], torch.stack([r["z_aud"] for r in chunk]))
-        for r, v in zip(chunk, out.visible.float().tolist()):
-            vis[bool(r["meta"]["label"])].append(v)
+    # Fact-check Type 4 (is the sound's source in the picture?): the area of the box AVACE's map
+    # implies and the map's mean level, for paired audio (True) and a class not in the picture (False).
+    t4 = {True: [], False: []}
+    for (r, _), amap in zip(res["avfact"], fact_maps, strict=True):
+        if int(r["meta"]["fact_type"]) == 4:
+            b = map_box((amap.clamp_min(0) ** MAP_BOX_POWER).reshape(1, -1), amap.shape[-1])[0]
+            t4[bool(r["meta"]["label"])].append((float((b[2] - b[0]) * (b[3] - b[1])), float(amap.mean())))
+    t4_stats = {
+        str(k): [round(float(np.mean([a for a, _ in v])), 3), round(float(np.mean([m for _, m in v])), 3)]
+        for k, v in t4.items()
+        if v
+    }
     evaluate.last_maps = (maps_out, [r["meta"] for r, _ in res["arig"]])
     return {
         "arig_n": n_a,
@@ -228,11 +259,11 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         "avfact_n": n_f,
         "avfact_acc": correct / max(n_f, 1),
         "avfact_parse": verdicts / max(n_f, 1),
-        "visible_t4_true_false": [float(np.mean(vis[True])) if vis[True] else float("nan"),
-                                  float(np.mean(vis[False])) if vis[False] else float("nan")],
+        "t4_map_area_mean_true_false": t4_stats,
         "avfact_by_type": {t: round(float(np.mean(v)), 3) for t, v in sorted(by_type.items())},
         "avfact_true_rate": float(np.mean([prompts.parse_verdict(t) is True for _, t in res["avfact"]]))
-        if res["avfact"] else float("nan"),
+        if res["avfact"]
+        else float("nan"),
         "examples": [t for _, t in res["arig"][:4]] + [t for _, t in res["avfact"][:4]],
     }
 
@@ -245,7 +276,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-scenes", type=int, default=1000)
     ap.add_argument("--test-scenes", type=int, default=200)
     ap.add_argument("--task-weights", default="arig=1,avfact=2", help="world task_weights of the train set")
-    ap.add_argument("--mix", default="", help="batch task mix, e.g. 'arig=0.4,avfact=0.6' (default: as rendered)")
+    ap.add_argument(
+        "--mix", default="", help="batch task mix, e.g. 'arig=0.4,avfact=0.6' (default: as rendered)"
+    )
     ap.add_argument("--world", default="{}", help="JSON overrides of the easy preset for training")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -257,15 +290,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="model init and batch order")
     ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--number-sigma", type=float, default=1.5,
-                    help="loss.number_label_sigma: soft labels over neighbouring number tokens (0: plain CE)")
+    ap.add_argument(
+        "--number-sigma",
+        type=float,
+        default=1.5,
+        help="loss.number_label_sigma: soft labels over neighbouring number tokens (0: plain CE)",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="a.b=v", help="ModelConfig override")
     ap.add_argument("--cache", default="/tmp/meerkat_learn_probe", help="'' disables the on-disk cache")
     ap.add_argument("--eval-every", type=float, default=0.0, help="minutes between interim evaluations")
     ap.add_argument("--interim-test-scenes", type=int, default=60)
     ap.add_argument("--json-out", default="")
     ap.add_argument("--label", default="", help="name of this run in the table")
-    ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of earlier --json-out files")
+    ap.add_argument(
+        "--table", nargs="+", metavar="JSON", help="only print the table of earlier --json-out files"
+    )
     args = ap.parse_args(argv)
     if args.table:
         print_table([json.loads(Path(f).read_text()) for f in args.table])
@@ -294,13 +333,18 @@ def main(argv=None) -> dict:
     cache = Path(args.cache) if args.cache else None
 
     def key(*parts) -> str:
-        return hashlib.sha1(json.dumps([enc_key, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha1(json.dumps([enc_key, *parts], sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
     train_rows = load_or_prepare(
         cache / f"train-{key(repr(train_world), args.train_scenes, args.data_seed)}.pt" if cache else None,
         lambda: prepare(
-            iter_samples(train_world, "train", args.train_scenes, args.data_seed), model, pp,
-            with_answer=True, log_prefix="train",
+            iter_samples(train_world, "train", args.train_scenes, args.data_seed),
+            model,
+            pp,
+            with_answer=True,
+            log_prefix="train",
         ),
     )
     test_samples = list(iter_samples(test_world, "test", args.test_scenes, args.data_seed))
@@ -320,8 +364,11 @@ def main(argv=None) -> dict:
     pad = model.tokenizer.pad_token_id
     counts = {t: sum(r["meta"]["task"] == t for r in train_rows) for t in TASKS}
     print(f"train rows by task {counts}; trainable params {sum(p.numel() for p in params):,}", flush=True)
-    print(f"config: tiny + loss.number_label_sigma={args.number_sigma} {' '.join(args.set)}  lr {args.lr} "
-          f"batch {args.batch} bf16 {args.bf16} seed {args.seed}", flush=True)
+    print(
+        f"config: tiny + loss.number_label_sigma={args.number_sigma} {' '.join(args.set)}  lr {args.lr} "
+        f"batch {args.batch} bf16 {args.bf16} seed {args.seed}",
+        flush=True,
+    )
 
     by_task = {t: [r for r in train_rows if r["meta"]["task"] == t] for t in TASKS}
     mix = {t: w for t, w in parse_weights(args.mix).items() if w > 0} if args.mix else {}
@@ -358,15 +405,20 @@ def main(argv=None) -> dict:
         for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
             ema[k] = 0.95 * ema.get(k, float(out[k])) + 0.05 * float(out[k])
         if step % 100 == 0:
-            print(f"step {step:5d} {elapsed / 60:5.2f}min lr {opt.param_groups[0]['lr']:.2e} gn {float(gn):.2f} "
-                  + " ".join(f"{k} {v:.3f}" for k, v in ema.items()), flush=True)
+            print(
+                f"step {step:5d} {elapsed / 60:5.2f}min lr {opt.param_groups[0]['lr']:.2e} gn {float(gn):.2f} "
+                + " ".join(f"{k} {v:.3f}" for k, v in ema.items()),
+                flush=True,
+            )
         if elapsed >= next_eval:
             t0 = time.time()
             m = evaluate(model, interim_rows, bf16=args.bf16)
-            print(f"  interim @ {step}: miou {m['arig_miou']:.3f} sounding {m['arig_sounding_rate']:.2f} "
-                  f"nearest {m['arig_nearest_obj_iou']:.3f} map {m['map_on_sounding']:.2f}/{m['map_mass_in_box']:.2f}/{m['map_box_miou']:.2f} fact {m['avfact_acc']:.3f} {m['avfact_by_type']} "
-                  f"T-rate {m['avfact_true_rate']:.2f} vis {m['visible_t4_true_false']} {m['examples'][:2]}",
-                  flush=True)
+            print(
+                f"  interim @ {step}: miou {m['arig_miou']:.3f} sounding {m['arig_sounding_rate']:.2f} "
+                f"nearest {m['arig_nearest_obj_iou']:.3f} map {m['map_on_sounding']:.2f}/{m['map_mass_in_box']:.2f}/{m['map_box_miou']:.2f} fact {m['avfact_acc']:.3f} {m['avfact_by_type']} "
+                f"T-rate {m['avfact_true_rate']:.2f} {m['examples'][:2]}",
+                flush=True,
+            )
             t_eval_total += time.time() - t0
             next_eval += args.eval_every * 60
     train_s = time.time() - t_train - t_eval_total
@@ -397,18 +449,46 @@ def main(argv=None) -> dict:
 
 
 def print_table(results: list[dict]) -> None:
-    head = ("config", "seed", "steps", "train min", "wall min", "arig mIoU", "on sounding", "rand-obj",
-            "mean-box", "map-box mIoU", "avfact acc", "avfact by type 1/2/3/4", "majority")
+    head = (
+        "config",
+        "seed",
+        "steps",
+        "train min",
+        "wall min",
+        "arig mIoU",
+        "on sounding",
+        "rand-obj",
+        "mean-box",
+        "map-box mIoU",
+        "avfact acc",
+        "avfact by type 1/2/3/4",
+        "majority",
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in results:
         types = "/".join(f"{v:.2f}" for _, v in sorted(r["avfact_by_type"].items()))
-        print("| " + " | ".join([
-            r["config"], str(r["args"]["seed"]), str(r["steps"]), f"{r['train_min']:.1f}", f"{r['wall_min']:.1f}",
-            f"{r['arig_miou']:.3f}", f"{r['arig_sounding_rate']:.3f}", f"{r['random_object_miou']:.3f}",
-            f"{r['mean_box_miou']:.3f}", f"{r['map_box_miou']:.3f}", f"{r['avfact_acc']:.3f}", types,
-            f"{r['majority_acc']:.3f}",
-        ]) + " |")
+        print(
+            "| "
+            + " | ".join(
+                [
+                    r["config"],
+                    str(r["args"]["seed"]),
+                    str(r["steps"]),
+                    f"{r['train_min']:.1f}",
+                    f"{r['wall_min']:.1f}",
+                    f"{r['arig_miou']:.3f}",
+                    f"{r['arig_sounding_rate']:.3f}",
+                    f"{r['random_object_miou']:.3f}",
+                    f"{r['mean_box_miou']:.3f}",
+                    f"{r['map_box_miou']:.3f}",
+                    f"{r['avfact_acc']:.3f}",
+                    types,
+                    f"{r['majority_acc']:.3f}",
+                ]
+            )
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -46,10 +46,11 @@ import os
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -77,6 +78,7 @@ logger = logging.getLogger(__name__)
 MODEL_REF_ENV = "MEERKAT_MODEL_REF"
 DEMO_PAGE = Path(__file__).with_name("static") / "index.html"
 HEALTH_TIMEOUT_S = 5.0
+T = TypeVar("T")
 
 
 class AppArgs(BaseModel):
@@ -141,6 +143,8 @@ class Generation:
 
 @dataclass(frozen=True)
 class Completion:
+    """The answer to one :class:`Generation`: its text, token count and why it ended."""
+
     text: str
     tokens: int
     finish_reason: str
@@ -273,6 +277,14 @@ async def _server_error(request: Request, err: Exception) -> JSONResponse:
     return JSONResponse(error_body("server_error", "internal error; see the service log"), status_code=500)
 
 
+async def within_timeout(work: Coroutine[Any, Any, T], seconds: float) -> T:
+    """``await work``, or 504 after ``seconds`` (``work`` is then cancelled)."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except asyncio.TimeoutError:
+        raise APIError(504, "timeout", f"no answer within the request timeout of {seconds:g} s") from None
+
+
 @dataclass(frozen=True)
 class _Prepared:
     row: dict[str, Any]
@@ -295,7 +307,6 @@ class MeerkatAPI:
         info: ModelInfo = await model.describe.remote()
         self.name = info.name
         self.config = info.config
-        self.tokenizer = info.tokenizer
         self.prep = batching.SamplePreprocessor(info.config, info.tokenizer)
         self.media_tokens = info.config.llm_image_tokens + info.config.audio.num_tokens
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess")
@@ -307,14 +318,6 @@ class MeerkatAPI:
 
     def _authorize(self, credentials: Credentials) -> None:
         auth.check(None if credentials is None else credentials.credentials, self.token_sha256)
-
-    async def _within_timeout(self, work: Any) -> Any:
-        try:
-            return await asyncio.wait_for(work, self.settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise APIError(
-                504, "timeout", f"no answer within the request timeout of {self.settings.request_timeout_s} s"
-            ) from None
 
     def _max_new_tokens(self, requested: int | None) -> int:
         limit = self.settings.max_new_tokens_limit
@@ -358,7 +361,13 @@ class MeerkatAPI:
         budget = self._max_new_tokens(max_new_tokens)
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self.pool, self._prepare_sync, instruction, raw)
-        completion = await self.model.generate.remote(Generation(prepared.row, budget, temperature))
+        response = self.model.generate.remote(Generation(prepared.row, budget, temperature))
+        try:
+            completion = await response
+        except asyncio.CancelledError:
+            # A timed-out or abandoned request leaves the model's queue rather than use a batch slot.
+            response.cancel()
+            raise
         return prepared, completion
 
     def _usage(self, prepared: _Prepared, completion: Completion) -> schemas.Usage:
@@ -393,7 +402,7 @@ class MeerkatAPI:
                 usage=self._usage(prepared, completion),
             )
 
-        return await self._within_timeout(work())
+        return await within_timeout(work(), self.settings.request_timeout_s)
 
     # -- routes
 
@@ -536,7 +545,7 @@ class MeerkatAPI:
                 grounding=tasks.chat_grounding(completion.text, prepared.width, prepared.height),
             )
 
-        return await self._within_timeout(work())
+        return await within_timeout(work(), self.settings.request_timeout_s)
 
 
 def app(args: dict[str, Any] | AppArgs) -> Application:

@@ -3,9 +3,9 @@
 Everything here runs in the ingress, before a request can reach the model's batch (where one bad
 input would fail every request batched with it). The order of checks is the order of cost:
 
-1. size: ``Content-Length`` and then the bytes actually read against ``max_request_bytes`` (413);
-2. content type: ``application/json`` or ``multipart/form-data`` (415), and in multipart the
-   declared type of each file part (415);
+1. content type: ``application/json`` or ``multipart/form-data`` (415);
+2. size: ``Content-Length`` and then the bytes actually read against ``max_request_bytes`` (413);
+   then in multipart the declared type of each file part (415);
 3. shape: the fields and their types (422, with the field named);
 4. media: base64, data-URL syntax (remote URLs are never fetched: 400), then decoding with
    :mod:`meerkat_core.media`, which checks pixel counts and audio length from the headers before

@@ -1,8 +1,9 @@
 """Fixtures of the Serve tests: the grounding model, registered in MLflow, deployed on the local stack.
 
-``meerkat_service`` (session) is the application deployed with ``meerkat serve`` from
+``meerkat_service`` is the application deployed with ``meerkat serve`` from
 ``models:/meerkat-serve-test/<version>`` on the ``local_stack`` fixture, with a bearer token;
-tests using it are marked ``integration`` through ``local_stack``.
+tests using it are marked ``integration`` through ``local_stack``. It is package-scoped, so that
+its replicas leave the shared Ray head once the Serve tests are done.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def registered_model(local_stack, grounding_model_dir: Path) -> str:
     return f"models:/{REGISTERED_NAME}/{version}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def meerkat_service(local_stack, registered_model: str) -> Iterator[service.Service]:
     deployed = service.deploy(local_stack, registered_model, stack.free_port(), secrets.token_hex(16))
     try:

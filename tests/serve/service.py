@@ -1,6 +1,6 @@
 """Helpers of the Serve tests and benchmark: a model that answers with grounding, and a deployed service.
 
-- :func:`train_grounding_model` overfits the tiny model, for a few hundred steps, on a handful of
+- :func:`train_grounding_model` overfits the tiny model (about 60 AdamW steps) on a handful of
   procedural-world scenes with exactly the instructions the service sends, so that the service's
   answers for those scenes are boxes, windows and verdicts that parse (an untrained model writes
   garbage, which only exercises ``parsed: false``).
@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,18 +178,3 @@ def replicas(service: Service) -> dict[str, set[tuple[str, str, int]]]:
         }
         for name, deployment in app["deployments"].items()
     }
-
-
-def wait_until(check: Any, timeout_s: float, what: str) -> None:
-    """Poll ``check`` every half second, at most ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
-
-
-def child_env() -> dict[str, str]:
-    """This process's environment, for subprocesses that must not inherit a stack's settings."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS", "MLFLOW_"))}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
@@ -102,3 +104,23 @@ def test_auth_digest_from_the_environment(monkeypatch):
     assert auth.digest_from_env() is None
     monkeypatch.setenv(auth.TOKEN_ENV, "s3cret")
     assert auth.digest_from_env() == auth.token_digest("s3cret")
+
+
+def test_request_timeout_is_a_504_and_cancels_the_work():
+    cancelled = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def run() -> None:
+        with pytest.raises(APIError) as info:
+            await serve_app.within_timeout(slow(), 0.05)
+        assert info.value.status == 504 and "0.05 s" in info.value.message
+        assert cancelled.is_set()
+        assert await serve_app.within_timeout(asyncio.sleep(0, result="ok"), 1) == "ok"
+
+    asyncio.run(run())
