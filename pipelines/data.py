@@ -6,11 +6,11 @@
 
 Stages (each a callable class or function, testable with a hand-made dict):
 
-1. **read** (:func:`read_tars`): the shards listed in the split's ``manifest.json``, read whole
-   through :mod:`pipelines.storage` (S3 with its endpoint override, or local), one tar per row,
-   for ``epochs`` passes in one stream, each pass in its own seeded order; every row carries
-   its ``epoch``. A shard that cannot be read (after retries) is skipped and counted.
-2. **untar** (:func:`untar`, ``flat_map``): webdataset's own tar iterator and key grouping,
+1. **read + untar** (:func:`read_samples`, :func:`shard_samples`, ``flat_map``): the shards listed
+   in the split's ``manifest.json``, read whole through :mod:`pipelines.storage` (S3 with its
+   endpoint override, or local), for ``epochs`` passes in one stream, each pass in its own seeded
+   order; every sample carries its ``epoch``. A shard that cannot be read (after retries) is
+   skipped and counted. Untar (:func:`untar`) is webdataset's own tar iterator and key grouping,
    with a handler that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated
    tar makes it fail the whole read (checked with Ray 2.60), and the job with it; here the samples
    before the damage are kept and the damage is counted.
@@ -94,6 +94,10 @@ class DataConfig:
     """Logical CPUs each preprocessing task reserves. Leave room for the read tasks and the
     training workers: preprocessing that takes every CPU of the cluster starves the reads and stalls."""
     preprocess_batch: int = 8
+    cache: bool = False
+    """Preprocess the split once and keep the model rows in Ray's object store for every epoch
+    (:func:`build_cached_stream`): for splits that fit in it (about 0.9 MB a sample with the tiny
+    preset), where decoding and preprocessing, not the model, bound the step (small CPU runs)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -342,8 +346,13 @@ class MeerkatCollate(NumpyBatchCollateFn):
         return out
 
 
-def _read_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """``flat_map`` stage: ``{"uri", "epoch"}`` -> ``{"bytes", "path", "epoch"}``; an unreadable shard is counted."""
+def shard_samples(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``flat_map`` stage: ``{"uri", "epoch"}`` -> the shard's samples (:func:`untar`), each with its epoch.
+
+    Read and untar are one stage on purpose: fewer worker processes on a small machine (each Ray
+    worker that runs this module pays the torch import), and no 100-MB tar blocks between stages.
+    A shard that cannot be read (after retries; a missing one at once) is skipped and counted.
+    """
     for attempt in range(READ_ATTEMPTS):
         try:
             payload = storage.read_bytes(row["uri"])
@@ -355,18 +364,24 @@ def _read_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
             logger.warning("shard %s cannot be read (%s); skipping it", row["uri"], exc)
             _report(Counter(unreadable_shard=1))
             return
-    yield {"bytes": payload, "path": row["uri"], "epoch": int(row["epoch"])}
+    yield from untar({"bytes": payload, "path": row["uri"], "epoch": int(row["epoch"])})
 
 
-def read_tars(
-    uri: str, *, epochs: int = 1, start_epoch: int = 0, shuffle_seed: int | None = None
+def read_samples(
+    uri: str,
+    *,
+    epochs: int = 1,
+    start_epoch: int = 0,
+    shuffle_seed: int | None = None,
+    concurrency: int = 2,
 ) -> ray.data.Dataset:
-    """One row per shard and epoch (``{"bytes", "path", "epoch"}``): epochs ``start_epoch ..``, in order.
+    """The raw samples of the split at ``uri`` (:func:`untar` rows with ``epoch``), epochs ``start_epoch ..``.
 
     All the epochs are one execution of one dataset, so the pipeline stays warm from one epoch to
-    the next (a new execution per epoch costs a pipeline start each time: 40 s per epoch of about
-    20 s on 2 cores, measured). With ``shuffle_seed``, the shard order of epoch ``e`` is a
-    permutation seeded by ``(shuffle_seed, e)``: reproducible, and different each epoch.
+    the next (a new execution per epoch cost a pipeline start each time: about 40 s per epoch on
+    2 cores, twice an epoch's compute on the demo's split). With ``shuffle_seed``, the shard order
+    of epoch ``e`` is a permutation seeded by ``(shuffle_seed, e)``: reproducible, and different
+    each epoch. ``concurrency`` shards are read at once.
     """
     uris = shard_uris(uri)
     if not uris:
@@ -380,8 +395,8 @@ def read_tars(
             np.random.default_rng([shuffle_seed, epoch]).shuffle(order)
         items += [{"uri": u, "epoch": epoch} for u in order]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
-    # Reading a tar is I/O: a small CPU reservation keeps reads schedulable beside busy workers.
-    return ds.flat_map(_read_shard, num_cpus=0.1)
+    # Mostly I/O: a small CPU reservation keeps reads schedulable beside busy workers.
+    return ds.flat_map(shard_samples, num_cpus=0.25, concurrency=concurrency)
 
 
 def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, float] | None]:
@@ -395,6 +410,61 @@ def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, in
     weights = cfg.task_weights or ({t: float(n) for t, n in task_counts.items()} if cfg.tasks else {})
     keep = task_keep_probs(task_counts, weights) if (weights or cfg.tasks) else None
     return task_counts, keep
+
+
+def thin_batch(
+    batch: dict[str, np.ndarray], *, keep_probs: Mapping[str, float] | None, seed: int, epoch: int
+):
+    """``map_batches`` stage of a cached stream: the epoch's task-mixing draw over model rows."""
+    n = len(batch["__key__"])
+    keep = np.ones(n, dtype=bool)
+    if keep_probs is not None:
+        for i, (key, task) in enumerate(zip(batch["__key__"], batch["task"], strict=True)):
+            p = keep_probs.get(str(task), 0.0)
+            keep[i] = p >= 1.0 or _unit_hash(seed, epoch, key) < p
+    out = {name: values[keep] for name, values in batch.items()}
+    out["epoch"] = np.full(int(keep.sum()), epoch, dtype=np.int64)
+    return out
+
+
+def build_cached_stream(
+    cfg: DataConfig,
+    model_config: ModelConfig,
+    tokenizer_dir: str | None,
+    *,
+    epochs: int,
+    start_epoch: int = 0,
+) -> ray.data.Dataset:
+    """Like :func:`build_dataset`, but the split is decoded and preprocessed once (``materialize``).
+
+    Each epoch is then a pass over the rows held in the object store, in its own seeded block
+    order, thinned by that epoch's task-mixing draw (the same draw as the streaming path). The
+    materialisation runs here, in the driver, before training starts.
+    """
+    _, keep = _keep_probs(cfg, read_manifest(cfg.uri))
+    wanted = None if keep is None else {t: 1.0 for t, p in keep.items() if p > 0}
+    skip_counter()
+    rows = (
+        read_samples(cfg.uri)
+        .map_batches(
+            preprocess_batch,
+            fn_kwargs={"model_config": model_config, "tokenizer_dir": tokenizer_dir, "keep_probs": wanted},
+            batch_size=cfg.preprocess_batch,
+            concurrency=cfg.preprocess_tasks,
+            num_cpus=cfg.preprocess_cpus,
+        )
+        .materialize()
+    )
+    passes = [
+        rows.randomize_block_order(seed=cfg.seed * 100_003 + epoch).map_batches(
+            thin_batch,
+            fn_kwargs={"keep_probs": keep, "seed": cfg.seed, "epoch": epoch},
+            batch_size=None,
+            num_cpus=0.1,
+        )
+        for epoch in range(start_epoch, start_epoch + epochs)
+    ]
+    return passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
 
 
 def samples_per_epoch(cfg: DataConfig) -> float:
@@ -421,11 +491,10 @@ def build_dataset(
     and the epoch, so a stream started at epoch 3 continues one started at 0.
     """
     _, keep = _keep_probs(cfg, read_manifest(cfg.uri))
-    ds = read_tars(
+    skip_counter()
+    ds = read_samples(
         cfg.uri, epochs=epochs, start_epoch=start_epoch, shuffle_seed=cfg.seed if shuffle else None
     )
-    skip_counter()
-    ds = ds.flat_map(untar)
     return ds.map_batches(
         preprocess_batch,
         fn_kwargs={

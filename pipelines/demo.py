@@ -1,6 +1,6 @@
 """The whole system on one machine: ``make demo``.
 
-    python -m pipelines.demo [--dir .local-stack] [--train-steps 900] [--scenes 600] [--serve-port 8000]
+    python -m pipelines.demo [--dir .local-stack] [--train-steps 900] [--scenes 400] [--serve-port 8000]
 
 1. starts the embedded local stack (Ray head, MLflow, S3-compatible server on loopback), or reuses it;
 2. ``ray job submit``: builds the procedural AVFIT into the S3 server;
@@ -154,9 +154,11 @@ def ask_every_task(base_url: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Meerkat on Ray, end to end on one machine.")
     parser.add_argument("--dir", default=".local-stack")
-    parser.add_argument("--scenes", type=int, default=600, help="training scenes of the procedural world")
+    parser.add_argument("--scenes", type=int, default=400, help="training scenes of the procedural world")
     parser.add_argument("--train-steps", type=int, default=900)
-    parser.add_argument("--eval-samples", type=int, default=1000, help="held-out samples to evaluate, at most")
+    parser.add_argument(
+        "--eval-samples", type=int, default=1000, help="held-out samples to evaluate, at most"
+    )
     parser.add_argument("--serve-port", type=int, default=int(os.environ.get("MEERKAT_SERVE_PORT", "8000")))
     parser.add_argument("--retrain", action="store_true", help="train again even if a model is registered")
     args = parser.parse_args(argv)

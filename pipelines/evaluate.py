@@ -249,10 +249,10 @@ def predict(
     """Every (kept) sample of the split with the model's answer, through a pool of model actors."""
     import mlflow
 
-    from pipelines.data import read_tars, skip_counter, untar
+    from pipelines.data import read_samples, skip_counter
 
     skip_counter()
-    ds = read_tars(data_uri, shuffle_seed=None).flat_map(untar)
+    ds = read_samples(data_uri)
     if max_samples:
         ds = ds.limit(max_samples)
     ds = ds.map_batches(

@@ -396,7 +396,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
 
     from pipelines import registry, storage
     from pipelines.config import flatten, resolve_model
-    from pipelines.data import build_dataset, samples_per_epoch, skip_counts
+    from pipelines.data import build_cached_stream, build_dataset, samples_per_epoch, skip_counts
 
     model_cfg = resolve_model(cfg.model)
     resolved = {"job": to_dict(cfg), "model": to_dict(model_cfg)}
@@ -412,7 +412,12 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     ray.data.DataContext.get_current().enable_progress_bars = False
     epochs = epochs_needed(cfg, samples_per_epoch(cfg.data))
     logger.info("training stream: %d epochs of %s", epochs, cfg.data.uri)
-    dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir, epochs=epochs)
+    if cfg.data.cache:
+        t0 = time.perf_counter()
+        dataset = build_cached_stream(cfg.data, model_cfg, tokenizer_dir, epochs=epochs)
+        logger.info("split preprocessed once and cached in %.0f s", time.perf_counter() - t0)
+    else:
+        dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir, epochs=epochs)
     fs, path = storage.pyarrow_fs(cfg.storage_uri)
     if not cfg.storage_uri.startswith("s3://"):
         Path(path).mkdir(parents=True, exist_ok=True)

@@ -159,6 +159,24 @@ def test_epochs_in_one_stream_each_draw_their_own_subset(ray_local, s3_uri):
     assert set(_collect(data.build_dataset(cfg, TINY, None, start_epoch=1))) == by_epoch[1]
 
 
+def test_cached_stream_draws_the_same_epochs_as_the_streaming_one(ray_local, s3_uri):
+    samples = _world(5, seed=3)
+    _write_split(s3_uri, samples)
+    cfg = data.DataConfig(uri=s3_uri, task_weights={"arig": 1.0, "avfact": 1.0}, cache=True)
+
+    def by_epoch(ds) -> dict[int, set[str]]:
+        out: dict[int, set[str]] = {}
+        for row in ds.iter_rows():
+            out.setdefault(int(row["epoch"]), set()).add(row["__key__"])
+        return out
+
+    cached = by_epoch(data.build_cached_stream(cfg, TINY, None, epochs=3))
+    assert cached == by_epoch(data.build_dataset(cfg, TINY, None, epochs=3))
+    assert set(cached) == {0, 1, 2} and len({frozenset(k) for k in cached.values()}) > 1
+    tasks = {s["__key__"]: s["json"]["task"] for s in samples}
+    assert {tasks[k] for keys in cached.values() for k in keys} == {"arig", "avfact"}
+
+
 def test_faults_are_skipped_and_counted(ray_local, s3_uri):
     samples = _world(4, seed=5)
     _write_split(s3_uri, samples, max_count=5)
