@@ -42,7 +42,6 @@ the demo's split.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -67,6 +66,7 @@ from meerkat_core.tokenizer import load_tokenizer
 from pipelines import storage
 from pipelines.avfit.sample import SampleError, validate_meta
 from pipelines.avfit.shards import read_manifest, shard_uris
+from pipelines.mixing import task_keep_probs, thin_batch, unit_hash
 
 logger = logging.getLogger(__name__)
 
@@ -142,24 +142,6 @@ def _report(counts: Counter[str]) -> None:
         logger.warning("skipped samples (no job counter to report to): %s", dict(counts))
 
 
-def task_keep_probs(task_counts: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, float]:
-    """Per-task keep probability that turns the shard composition into the wanted task shares."""
-    if not weights:
-        return {t: 1.0 for t in task_counts}
-    rates = {t: weights.get(t, 0.0) / n for t, n in task_counts.items() if n > 0}
-    top = max(rates.values(), default=0.0)
-    if top <= 0:
-        raise ValueError(
-            f"task weights {dict(weights)} select none of the tasks present {sorted(task_counts)}"
-        )
-    return {t: r / top for t, r in rates.items()}
-
-
-def _unit_hash(*parts: object) -> float:
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
 def untar(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """``flat_map`` stage: one tar (``{"bytes", "path"}``) -> its samples as ``{"__key__", "jpg", "flac", "json"}``."""
     counts: Counter[str] = Counter()
@@ -233,7 +215,7 @@ class Preprocess:
             return None
         if self.keep_probs is not None:
             p = self.keep_probs.get(meta["task"], 0.0)
-            if p < 1.0 and _unit_hash(self.seed, epoch, key) >= p:
+            if p < 1.0 and unit_hash(self.seed, epoch, key) >= p:
                 return None
         if jpg is None or flac is None:
             counts["missing_media"] += 1
@@ -412,21 +394,6 @@ def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, in
     return task_counts, keep
 
 
-def thin_batch(
-    batch: dict[str, np.ndarray], *, keep_probs: Mapping[str, float] | None, seed: int, epoch: int
-):
-    """``map_batches`` stage of a cached stream: the epoch's task-mixing draw over model rows."""
-    n = len(batch["__key__"])
-    keep = np.ones(n, dtype=bool)
-    if keep_probs is not None:
-        for i, (key, task) in enumerate(zip(batch["__key__"], batch["task"], strict=True)):
-            p = keep_probs.get(str(task), 0.0)
-            keep[i] = p >= 1.0 or _unit_hash(seed, epoch, key) < p
-    out = {name: values[keep] for name, values in batch.items()}
-    out["epoch"] = np.full(int(keep.sum()), epoch, dtype=np.int64)
-    return out
-
-
 def build_cached_stream(
     cfg: DataConfig,
     model_config: ModelConfig,
@@ -460,7 +427,8 @@ def build_cached_stream(
             thin_batch,
             fn_kwargs={"keep_probs": keep, "seed": cfg.seed, "epoch": epoch},
             batch_size=None,
-            num_cpus=0.1,
+            num_cpus=0.25,
+            concurrency=1,
         )
         for epoch in range(start_epoch, start_epoch + epochs)
     ]
