@@ -394,19 +394,16 @@ def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, in
     return task_counts, keep
 
 
-def build_cached_stream(
-    cfg: DataConfig,
-    model_config: ModelConfig,
-    tokenizer_dir: str | None,
-    *,
-    epochs: int,
-    start_epoch: int = 0,
+def build_cached_epochs(
+    cfg: DataConfig, model_config: ModelConfig, tokenizer_dir: str | None
 ) -> ray.data.Dataset:
     """Like :func:`build_dataset`, but the split is decoded and preprocessed once (``materialize``).
 
-    Each epoch is then a pass over the rows held in the object store, in its own seeded block
-    order, thinned by that epoch's task-mixing draw (the same draw as the streaming path). The
-    materialisation runs here, in the driver, before training starts.
+    The returned dataset is one epoch; iterate it once per epoch. Each iteration is a pass over
+    the rows held in the object store, in a new block order, thinned by the task-mixing draw of
+    that iteration (:func:`pipelines.mixing.thin_batch`: the epoch is the dataset's execution
+    index), and its rows carry that epoch. Starting an iteration costs little here: nothing is
+    read or decoded again. The materialisation runs in the caller (the driver), before training.
     """
     _, keep = _keep_probs(cfg, read_manifest(cfg.uri))
     wanted = None if keep is None else {t: 1.0 for t, p in keep.items() if p > 0}
@@ -422,17 +419,15 @@ def build_cached_stream(
         )
         .materialize()
     )
-    passes = [
-        rows.randomize_block_order(seed=cfg.seed * 100_003 + epoch).map_batches(
-            thin_batch,
-            fn_kwargs={"keep_probs": keep, "seed": cfg.seed, "epoch": epoch},
-            batch_size=None,
-            num_cpus=0.25,
-            concurrency=1,
-        )
-        for epoch in range(start_epoch, start_epoch + epochs)
-    ]
-    return passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
+    # materialize() ran this context's first execution: epochs count from the next one
+    first = int(getattr(rows.context, "_execution_idx", 0))
+    return rows.randomize_block_order().map_batches(
+        thin_batch,
+        fn_kwargs={"keep_probs": keep, "seed": cfg.seed, "epoch": None, "first_execution": first},
+        batch_size=None,
+        num_cpus=0.25,
+        concurrency=1,
+    )
 
 
 def samples_per_epoch(cfg: DataConfig) -> float:

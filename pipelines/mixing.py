@@ -30,10 +30,32 @@ def unit_hash(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def execution_index() -> int:
+    """How many times the running Ray Data dataset was iterated before this iteration (0 outside one).
+
+    Ray Data counts the executions of a dataset in its context (``_execution_idx``, what
+    ``FileShuffleConfig`` reseeds with) and sends that context along with every task.
+    """
+    from ray.data.context import DataContext
+
+    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
+
+
 def thin_batch(
-    batch: dict[str, np.ndarray], *, keep_probs: Mapping[str, float] | None, seed: int, epoch: int
-):
-    """``map_batches`` stage of a cached stream: the epoch's task-mixing draw over model rows."""
+    batch: dict[str, np.ndarray],
+    *,
+    keep_probs: Mapping[str, float] | None,
+    seed: int,
+    epoch: int | None,
+    first_execution: int = 0,
+) -> dict[str, np.ndarray]:
+    """``map_batches`` stage over model rows: the epoch's task-mixing draw; rows get an ``epoch`` column.
+
+    ``epoch=None``: the dataset's :func:`execution_index` minus ``first_execution``, for a dataset
+    iterated once per epoch.
+    """
+    if epoch is None:
+        epoch = execution_index() - first_execution
     n = len(batch["__key__"])
     keep = np.ones(n, dtype=bool)
     if keep_probs is not None:

@@ -243,13 +243,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     micro = 0
     wrapped.train()
 
-    # The shard is one stream of several epochs (``pipelines.data.build_dataset(epochs=...)``), each
-    # row tagged with its epoch. A resumed worker skips what the checkpoint's data position says it
-    # trained on: earlier epochs, then ``batch_in_epoch`` batches of the checkpoint's epoch.
+    # The shard is either one stream of several epochs (``pipelines.data.build_dataset(epochs=N)``)
+    # or, with ``data.cache``, one epoch per iteration (``build_cached_epochs``); rows carry their
+    # epoch either way. A resumed worker skips what the checkpoint's data position says it trained
+    # on: earlier epochs, then ``batch_in_epoch`` batches of the checkpoint's epoch.
     resume_at = (state["epoch"], state["batch_in_epoch"])
     passes = 0
     while state["step"] < cfg.optim.max_steps:
-        if passes:
+        if passes and loop_config["epochs_per_pass"]:
             logger.warning(
                 "the stream ended before max_steps (more samples were dropped than expected); "
                 "reading it again"
@@ -263,7 +264,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 drop_last=True,
             )
         )
-        epoch_offset = passes * loop_config["epochs"]
+        epoch_offset = passes * loop_config["epochs_per_pass"]
         passes += 1
         current, in_epoch = -1, 0
         while state["step"] < cfg.optim.max_steps:
@@ -396,7 +397,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
 
     from pipelines import registry, storage
     from pipelines.config import flatten, resolve_model
-    from pipelines.data import build_cached_stream, build_dataset, samples_per_epoch, skip_counts
+    from pipelines.data import build_cached_epochs, build_dataset, samples_per_epoch, skip_counts
 
     model_cfg = resolve_model(cfg.model)
     resolved = {"job": to_dict(cfg), "model": to_dict(model_cfg)}
@@ -410,14 +411,15 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
     # Per-operator progress bars turn into thousands of lines in a job's log; the loop logs its own.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    epochs = epochs_needed(cfg, samples_per_epoch(cfg.data))
-    logger.info("training stream: %d epochs of %s", epochs, cfg.data.uri)
     if cfg.data.cache:
         t0 = time.perf_counter()
-        dataset = build_cached_stream(cfg.data, model_cfg, tokenizer_dir, epochs=epochs)
+        dataset = build_cached_epochs(cfg.data, model_cfg, tokenizer_dir)
+        epochs_per_pass = 0  # one epoch per iteration, each row tagged with it
         logger.info("split preprocessed once and cached in %.0f s", time.perf_counter() - t0)
     else:
-        dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir, epochs=epochs)
+        epochs_per_pass = epochs_needed(cfg, samples_per_epoch(cfg.data))
+        logger.info("training stream: %d epochs of %s", epochs_per_pass, cfg.data.uri)
+        dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir, epochs=epochs_per_pass)
     fs, path = storage.pyarrow_fs(cfg.storage_uri)
     if not cfg.storage_uri.startswith("s3://"):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -431,7 +433,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             "model": to_dict(model_cfg),
             "mlflow_run_id": run_id,
             "tracking_uri": tracking_uri,
-            "epochs": epochs,
+            "epochs_per_pass": epochs_per_pass,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

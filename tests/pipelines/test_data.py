@@ -159,20 +159,27 @@ def test_epochs_in_one_stream_each_draw_their_own_subset(ray_local, s3_uri):
     assert set(_collect(data.build_dataset(cfg, TINY, None, start_epoch=1))) == by_epoch[1]
 
 
-def test_cached_stream_draws_the_same_epochs_as_the_streaming_one(ray_local, s3_uri):
+def _by_epoch(rows) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for row in rows:
+        out.setdefault(int(row["epoch"]), set()).add(row["__key__"])
+    return out
+
+
+def test_cached_epochs_draw_what_the_stream_draws(ray_local, s3_uri):
+    """The cached split, iterated once per epoch, keeps each epoch what the streaming path keeps."""
     samples = _world(5, seed=3)
     _write_split(s3_uri, samples)
     cfg = data.DataConfig(uri=s3_uri, task_weights={"arig": 1.0, "avfact": 1.0}, cache=True)
-
-    def by_epoch(ds) -> dict[int, set[str]]:
-        out: dict[int, set[str]] = {}
-        for row in ds.iter_rows():
-            out.setdefault(int(row["epoch"]), set()).add(row["__key__"])
-        return out
-
-    cached = by_epoch(data.build_cached_stream(cfg, TINY, None, epochs=3))
-    assert cached == by_epoch(data.build_dataset(cfg, TINY, None, epochs=3))
-    assert set(cached) == {0, 1, 2} and len({frozenset(k) for k in cached.values()}) > 1
+    ds = data.build_cached_epochs(cfg, TINY, None)
+    passes = [_by_epoch(ds.iter_rows()) for _ in range(2)]
+    # as training reads it: through streaming_split, one iteration per epoch
+    (split,) = ds.streaming_split(1)
+    passes.append(_by_epoch(split.iter_rows()))
+    assert [sorted(p) for p in passes[:2]] == [[0], [1]] and len(passes[2]) == 1
+    cached = {e: keys for p in passes[:2] for e, keys in p.items()}
+    assert cached == _by_epoch(data.build_dataset(cfg, TINY, None, epochs=2).iter_rows())
+    assert cached[0] != cached[1]
     tasks = {s["__key__"]: s["json"]["task"] for s in samples}
     assert {tasks[k] for keys in cached.values() for k in keys} == {"arig", "avfact"}
 
