@@ -46,6 +46,17 @@ def test_grad_accumulation_reaches_the_effective_batch():
         load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", ["scaling.strategy=zero"])
 
 
+def test_epochs_needed_covers_max_steps_with_a_margin():
+    from pipelines.train import epochs_needed
+
+    cfg = load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", ["optim.max_steps=300"])
+    samples = 300 * cfg.grad_accum * cfg.optim.batch_size * cfg.scaling.num_workers  # 4800 with tiny.yaml
+    assert epochs_needed(cfg, samples / 4) == math.ceil(1.25 * 4) + 1 == 6
+    assert epochs_needed(cfg, 10 * samples) == 2  # one short epoch is never the whole budget
+    with pytest.raises(ValueError, match="no samples"):
+        epochs_needed(cfg, 0.0)
+
+
 # ------------------------------------------------------------------------------------ integration
 
 
