@@ -119,7 +119,8 @@ class TrainJobConfig:
     log_every: int = 10
     seed: int = 0
     fail_at_step: int | None = None
-    """Testing only: rank 1 SIGKILLs its own process at this step (first attempt only)."""
+    """Testing only: rank 1 SIGKILLs its own process at this step (first attempt only), after
+    three of the controller's polls, so that the checkpoint reported before it is registered."""
 
     def __post_init__(self) -> None:
         per_step = self.optim.batch_size * self.scaling.num_workers
@@ -304,7 +305,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 and rank == 1
                 and state["attempt"] == 0
             ):
-                logger.error("fail_at_step=%d: rank 1 kills itself to test fault tolerance", step)
+                # Ray Train's controller collects reports (and registers checkpoints) when it polls
+                # the workers; a crash within one poll of a report can lose that checkpoint. Wait
+                # out three polls, so the test is of resuming from the latest registered one.
+                delay = 3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
+                logger.error(
+                    "fail_at_step=%d: rank 1 kills itself in %.0f s (fault-tolerance test)", step, delay
+                )
+                time.sleep(delay)
                 os.kill(os.getpid(), signal.SIGKILL)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.optim.max_steps):
                 elapsed = time.perf_counter() - window_start
