@@ -48,14 +48,16 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from meerkat_core import batching, grounding, media, prompts  # noqa: E402
 from meerkat_core import config as cfgmod  # noqa: E402
-from meerkat_core import grounding, media, prompts  # noqa: E402
 from meerkat_core.attention import MAP_BOX_POWER, map_box  # noqa: E402
-from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example, pad_text  # noqa: E402
+from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example  # noqa: E402
 from meerkat_core.model import build_model  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, baselines, iter_samples  # noqa: E402
 
 TASKS = ("arig", "igatl", "avfact", "avqa", "avc")
+REGION_COLUMNS = ("region_box", "region_pos", "segment_feat", "segment_pos")
+CACHE_VERSION = 2  # 2: rows carry the region-prompt columns
 
 
 class PassThrough(nn.Module):
@@ -95,7 +97,7 @@ def prepare(samples, model, pp, *, with_answer: bool, log_prefix: str) -> list[d
             with torch.no_grad():
                 zi = model.image_encoder(torch.from_numpy(row["pixel_values"])[None])[0]
                 za = model.audio_encoder(torch.from_numpy(row["audio_features"])[None])[0]
-            media_rows[key] = (zi.float().clone(), za.float().clone())
+            media_rows[key] = (zi.float().clone(), za.float().clone(), row["audio_features"])
         else:
             # Same image and audio as an earlier sample (the samples of one scene share them): only
             # the text, the box mask and the pairing differ; computed with SamplePreprocessor's own
@@ -113,8 +115,9 @@ def prepare(samples, model, pp, *, with_answer: bool, log_prefix: str) -> list[d
                 "box_mask": mask,
                 "has_box": bool(mask.any()),
                 "ot_pair": bool(meta.get("paired", True)),
+                **pp.regions(meta["instruction"], media_rows[key][2], 224, 224),
             }
-        zi, za = media_rows[key]
+        zi, za, _ = media_rows[key]
         rows.append(
             {
                 "z_img": zi,
@@ -124,6 +127,7 @@ def prepare(samples, model, pp, *, with_answer: bool, log_prefix: str) -> list[d
                 "box_mask": torch.from_numpy(np.asarray(row["box_mask"], np.float32)),
                 "has_box": bool(row["has_box"]),
                 "ot_pair": bool(row["ot_pair"]),
+                **{c: row[c] for c in REGION_COLUMNS},
                 "meta": meta,
             }
         )
@@ -143,14 +147,12 @@ def _mask_for(meta, pp: SamplePreprocessor) -> np.ndarray:
 
 
 def collate(rows, pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    batch = pad_text(
-        [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows], pad_id, side=side
+    # batching.collate over rows whose "pixel_values"/"audio_features" are the encoders' outputs
+    batch = batching.collate(
+        [{**r, "pixel_values": r["z_img"].numpy(), "audio_features": r["z_aud"].numpy()} for r in rows],
+        pad_id,
+        side=side,
     )
-    batch["pixel_values"] = torch.stack([r["z_img"] for r in rows])
-    batch["audio_features"] = torch.stack([r["z_aud"] for r in rows])
-    batch["box_mask"] = torch.stack([r["box_mask"] for r in rows])
-    batch["has_box"] = torch.tensor([r["has_box"] for r in rows])
-    batch["ot_pair"] = torch.tensor([r["ot_pair"] for r in rows])
     return batch
 
 
@@ -329,7 +331,9 @@ def main(argv=None) -> dict:
         WORLD_PRESETS["easy"], min_objects=2, task_weights={"arig": 1.0, "avfact": 2.0}
     )
     # The cache depends on the frozen encoders (image/audio config + seed) and on the data.
-    enc_key = json.dumps([cfgmod.to_dict(mcfg.image), cfgmod.to_dict(mcfg.audio), args.seed], sort_keys=True)
+    enc_key = json.dumps(
+        [cfgmod.to_dict(mcfg.image), cfgmod.to_dict(mcfg.audio), args.seed, CACHE_VERSION], sort_keys=True
+    )
     cache = Path(args.cache) if args.cache else None
 
     def key(*parts) -> str:

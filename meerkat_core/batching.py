@@ -49,6 +49,61 @@ def encode_example(
     }
 
 
+def prompt_regions(tokenizer: PreTrainedTokenizerBase, instruction: str) -> dict[str, Any]:
+    """The first box ``[x1, y1, x2, y2]`` and the first time segment ``[t0, t1]`` written in the
+    instruction, with the index of the token holding each one's closing bracket in the prompt's
+    tokens (those :func:`encode_example` starts with).
+
+    Returns ``{"box": (x1, y1, x2, y2) | None, "box_pos": int, "segment": (t0, t1) | None,
+    "segment_pos": int}`` (-1 where there is none). Tokenizer-agnostic: the spans are found in the
+    chat prompt's text and mapped to tokens through the fast tokenizer's offsets; a span whose
+    bracket no token covers (or a slow tokenizer, which has no offsets) is left out.
+    """
+    out: dict[str, Any] = {"box": None, "box_pos": -1, "segment": None, "segment_pos": -1}
+    text = prompts.chat_prompt(instruction)
+    found: dict[str, tuple[tuple[float, ...], int]] = {}
+    for match in grounding.BRACKET_GROUP.finditer(text):
+        box, segment = grounding.parse_box(match.group(0)), grounding.parse_segment(match.group(0))
+        if box is not None and "box" not in found:
+            found["box"] = (box, match.end() - 1)
+        elif segment is not None and box is None and "segment" not in found:
+            found["segment"] = (segment, match.end() - 1)
+    if not found:
+        return out
+    try:
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError):
+        return out
+    offsets = enc["offset_mapping"]
+    for name, (value, char) in found.items():
+        pos = next((i for i, (a, b) in enumerate(offsets) if a <= char < b), -1)
+        if pos >= 0:
+            out[name], out[f"{name}_pos"] = value, pos
+    return out
+
+
+def segment_features(mel: np.ndarray, segment: Sequence[float] | None, window_seconds: float) -> np.ndarray:
+    """``[2F]``: the mean log-mel frame inside ``segment`` (seconds), and that minus the clip's mean.
+
+    ``mel`` is one clip's ``[W, 1, T, F]`` windows of ``window_seconds`` each (frame ``t`` of window
+    ``w`` at ``(w + t / (T - 1)) * window_seconds``). The region feature of a time window written in
+    a prompt (see :class:`~meerkat_core.model.MeerkatModel`); zeros when there is no segment or it
+    covers no frame.
+    """
+    w, _, t, f = mel.shape
+    out = np.zeros(2 * f, dtype=np.float32)
+    if segment is None:
+        return out
+    frames = mel[:, 0].reshape(w * t, f)  # [W*T, F], time order
+    times = (np.arange(w)[:, None] + np.arange(t)[None, :] / max(t - 1, 1)).reshape(-1) * window_seconds
+    inside = (times >= segment[0]) & (times <= segment[1])
+    if not inside.any():
+        return out
+    mean_in = frames[inside].mean(axis=0)
+    out[:f], out[f:] = mean_in, mean_in - frames.mean(axis=0)
+    return out
+
+
 def pad_text(
     examples: Sequence[dict[str, list[int]]], pad_id: int, *, side: str = "right"
 ) -> dict[str, torch.Tensor]:
@@ -130,7 +185,9 @@ class SamplePreprocessor:
         with_answer: bool = True,
     ) -> dict[str, Any]:
         """Row with ``pixel_values [3,S,S]``, ``audio_features [W,1,T,F]``, ``input_ids``, ``labels``,
-        ``box_mask [g,g]``, ``has_box``, ``ot_pair``."""
+        ``box_mask [g,g]``, ``has_box``, ``ot_pair``, and the prompt's regions (:func:`prompt_regions`):
+        ``region_box [4]`` (in the crop's coordinates) and ``region_pos``, ``segment_feat [2F]``
+        (:func:`segment_features`) and ``segment_pos``; a position of -1 means none."""
         img = image if isinstance(image, Image.Image) else media.load_image(image)
         wave = (
             audio
@@ -150,14 +207,31 @@ class SamplePreprocessor:
             b for b in (media.box_to_crop(box, img.width, img.height, size) for box in ac_boxes(meta)) if b
         ]
         mask = grounding.boxes_to_mask(crop_boxes, grid) if crop_boxes else np.zeros((grid, grid), np.float32)
+        mel = self.audio([wave])[0].numpy()
         return {
             "pixel_values": self.image([img])[0].numpy(),
-            "audio_features": self.audio([wave])[0].numpy(),
+            "audio_features": mel,
             "input_ids": np.asarray(text["input_ids"], dtype=np.int64),
             "labels": np.asarray(text["labels"], dtype=np.int64),
             "box_mask": mask,
             "has_box": bool(mask.any()),
             "ot_pair": bool(meta.get("paired", True)),
+            **self.regions(meta["instruction"], mel, img.width, img.height),
+        }
+
+    def regions(self, instruction: str, mel: np.ndarray, width: int, height: int) -> dict[str, Any]:
+        """The region-prompt columns of a row (see :meth:`__call__`)."""
+        found = prompt_regions(self.tokenizer, instruction)
+        crop = (
+            media.box_to_crop(found["box"], width, height, self.config.image.image_size)
+            if found["box"]
+            else None
+        )
+        return {
+            "region_box": np.asarray(crop if crop else (0.0, 0.0, 0.0, 0.0), dtype=np.float32),
+            "region_pos": np.int64(found["box_pos"] if crop else -1),
+            "segment_feat": segment_features(mel, found["segment"], self.config.audio.window_seconds),
+            "segment_pos": np.int64(found["segment_pos"]),
         }
 
 
@@ -171,4 +245,18 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, side: str = "right")
     batch["box_mask"] = torch.from_numpy(np.stack([r["box_mask"] for r in rows]).astype(np.float32))
     batch["has_box"] = torch.tensor([bool(r["has_box"]) for r in rows])
     batch["ot_pair"] = torch.tensor([bool(r["ot_pair"]) for r in rows])
+    if all("region_pos" in r for r in rows):
+        # positions index the unpadded prompt; left padding shifts them by the row's pad length
+        length = batch["input_ids"].shape[1]
+        shift = [length - len(r["input_ids"]) if side == "left" else 0 for r in rows]
+        for name in ("region_pos", "segment_pos"):
+            batch[name] = torch.tensor(
+                [int(r[name]) + s if int(r[name]) >= 0 else -1 for r, s in zip(rows, shift, strict=True)]
+            )
+        batch["region_box"] = torch.from_numpy(
+            np.stack([np.asarray(r["region_box"], np.float32) for r in rows])
+        )
+        batch["segment_feat"] = torch.from_numpy(
+            np.stack([np.asarray(r["segment_feat"], np.float32) for r in rows])
+        )
     return batch

@@ -35,7 +35,7 @@ _BOX_TOLERANCE = 0.005
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 # A bracketed group without nested brackets; its content is checked separately so that the scan stays
 # linear in the length of the text whatever the model wrote.
-_GROUP = re.compile(r"\[([^\[\]]*)\]")
+BRACKET_GROUP = re.compile(r"\[([^\[\]]*)\]")
 _NUMBER_LIST = re.compile(rf"\s*({_NUMBER})\s*(?:,\s*({_NUMBER})\s*)*")
 
 
@@ -82,7 +82,7 @@ def _first_number_group(text: object, count: int) -> list[float] | None:
     """The numbers of the first bracketed group holding exactly ``count`` numbers, or None."""
     if not isinstance(text, str):
         return None
-    for match in _GROUP.finditer(text):
+    for match in BRACKET_GROUP.finditer(text):
         content = match.group(1)
         if _NUMBER_LIST.fullmatch(content) is None:
             continue

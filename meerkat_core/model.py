@@ -33,6 +33,21 @@ Batch contract (tensors; built by :mod:`meerkat_core.batching` and :mod:`meerkat
     box_mask        [B, h, w]         sounding object's box on the patch grid (optional)
     has_box         [B] bool                                                  (optional)
     ot_pair         [B] bool          image and audio belong together         (optional, default all)
+    region_box      [B, 4]            box written in the prompt, crop coords  (optional, region prompts)
+    region_pos      [B] long          its closing-bracket token, -1 if none
+    segment_feat    [B, 2F]           batching.segment_features of the written window
+    segment_pos     [B] long          its closing-bracket token, -1 if none
+
+Region prompts (``config.region_prompts``; on in ``tiny``, off in ``paper``, not in the paper): a
+fact-check statement writes a box or a time window that the model must check against the media.
+Llama-2 reads ``[0.12, 0.30, 0.55, 0.80]`` as text it has seen in pre-training; a tiny random LLM
+has to learn from scratch to relate four number tokens to places on the patch grid, and in CPU runs
+it never did (fact-check Types 1-3 stayed at chance). So, as region-referring MLLMs do (GPT4RoI,
+Ferret: features pooled from the referred region), the written box is also given as the mean of
+the LLM-side image tokens it covers plus AVACE's mean map inside and outside it, and the written
+window as the mean log-mel frame in it; each through a zero-initialised linear layer, added to the
+embedding of the span's closing bracket (:meth:`MeerkatModel.region_features`). The text of the
+prompt is unchanged.
 
 The ``<image>`` placeholder is replaced by the LLM-side image tokens (AVACE-fused patches, pooled
 ``llm_image_pool``²) and ``<audio>`` by the audio tokens: the paper's ``z_AVT = z̃_I ‖ z̃_A ‖ z_T``
@@ -112,6 +127,13 @@ class MeerkatModel(nn.Module):
         self.aud_to_llm = nn.Linear(config.avace.dim, llm_dim)
         self.llm = llm
         self.tokenizer = tokenizer
+        if config.region_prompts:
+            # zero-initialised: a region prompt starts as a no-op and its features are learnt
+            self.region_box_proj = nn.Linear(llm_dim + 2, llm_dim)
+            self.region_segment_proj = nn.Linear(2 * config.audio.num_mel_bins, llm_dim)
+            for layer in (self.region_box_proj, self.region_segment_proj):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
         self._init_number_labels(config.loss.number_label_sigma, llm.get_input_embeddings().num_embeddings)
@@ -172,15 +194,55 @@ class MeerkatModel(nn.Module):
             aud_proj=av.aud_proj,
         )
 
+    def region_features(
+        self, batch: dict[str, torch.Tensor], media: MediaTokens
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, D_T]`` features of the box and of the time window written in each prompt (rows
+        without one hold garbage that :meth:`_add_regions` never uses).
+
+        Box: the LLM-side image tokens averaged over the box (each patch weighted by the fraction of
+        it the box covers) and AVACE's mean map inside and outside the box, through
+        ``region_box_proj``. Window: :func:`~meerkat_core.batching.segment_features` (the mean
+        log-mel frame in the window, and its difference from the clip's), layer-normalised,
+        through ``region_segment_proj``. Both projections start at zero.
+        """
+        img = media.img.float()  # [B, M', D_T]
+        cov = box_coverage(batch["region_box"].float(), math.isqrt(img.shape[1]))  # [B, M']
+        pooled = (cov[..., None] * img).sum(1) / cov.sum(1, keepdim=True).clamp_min(1e-6)
+        amap = media.attn_map.float().flatten(1)  # [B, g*g]
+        cm = box_coverage(batch["region_box"].float(), media.attn_map.shape[-1])
+        inside = (cm * amap).sum(1) / cm.sum(1).clamp_min(1e-6)
+        outside = ((1 - cm) * amap).sum(1) / (1 - cm).sum(1).clamp_min(1e-6)
+        box = self.region_box_proj(torch.cat([pooled, inside[:, None], outside[:, None]], dim=1))
+        seg = batch["segment_feat"].float()
+        segment = self.region_segment_proj(F.layer_norm(seg, seg.shape[-1:]))
+        return box, segment
+
+    def _add_regions(
+        self, text: torch.Tensor, batch: dict[str, torch.Tensor] | None, media: MediaTokens
+    ) -> torch.Tensor:
+        """Add each prompt's region features to the embedding of its closing-bracket token."""
+        if not self.config.region_prompts or batch is None or "region_pos" not in batch:
+            return text
+        box, segment = self.region_features(batch, media)
+        rows = torch.arange(text.shape[0], device=text.device)
+        for feats, pos in ((box, batch["region_pos"]), (segment, batch["segment_pos"])):
+            has = pos >= 0
+            if has.any():
+                text = text.index_put((rows[has], pos[has]), feats[has].to(text.dtype), accumulate=True)
+        return text
+
     def _merge(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None,
         media: MediaTokens,
+        batch: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Splice the media tokens in place of ``<image>`` / ``<audio>``: ``[B, L] -> [B, L - 2 + M' + N, D_T]``."""
-        text = self.llm.get_input_embeddings()(input_ids)  # [B, L, D_T]
+        """Splice the media tokens in place of ``<image>`` / ``<audio>``: ``[B, L] -> [B, L - 2 + M' + N, D_T]``
+        (after adding the region prompts' features, when ``batch`` carries them)."""
+        text = self._add_regions(self.llm.get_input_embeddings()(input_ids), batch, media)  # [B, L, D_T]
         embeds, masks, labs = [], [], []
         for i in range(input_ids.shape[0]):
             ids = input_ids[i]
@@ -227,7 +289,7 @@ class MeerkatModel(nn.Module):
         """The loss terms of Eq. 4 (scalars) and the AVACE map ``attn_map [B, h, w]``."""
         media = self.encode_media(batch["pixel_values"], batch["audio_features"])
         embeds, mask, labels = self._merge(
-            batch["input_ids"], batch["attention_mask"], batch["labels"], media
+            batch["input_ids"], batch["attention_mask"], batch["labels"], media, batch
         )
         positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left or right padding alike
         # Logits only from the position before the batch's first answer token on: the prompt's
@@ -293,7 +355,7 @@ class MeerkatModel(nn.Module):
     ) -> list[str] | tuple[list[str], torch.Tensor]:
         """Answer texts for left-padded prompts (``labels`` ignored); greedy when ``temperature == 0``."""
         media = self.encode_media(batch["pixel_values"], batch["audio_features"])
-        embeds, mask, _ = self._merge(batch["input_ids"], batch["attention_mask"], None, media)
+        embeds, mask, _ = self._merge(batch["input_ids"], batch["attention_mask"], None, media, batch)
         sampling = (
             {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         )
@@ -334,6 +396,18 @@ class MeerkatModel(nn.Module):
         torch.save(self.trainable_state_dict(), directory / "trainable.pt")
         self.tokenizer.save_pretrained(directory / "tokenizer")
         return directory
+
+
+def box_coverage(boxes: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[B, grid*grid]``: the fraction of each patch cell (row-major) that box ``[B, 4]`` covers."""
+    edges = torch.arange(grid + 1, device=boxes.device, dtype=boxes.dtype) / grid  # [g+1]
+    lo, hi = edges[:-1], edges[1:]
+
+    def axis(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [B] -> [B, g]
+        return ((torch.minimum(b[:, None], hi) - torch.maximum(a[:, None], lo)) * grid).clamp(0, 1)
+
+    x, y = axis(boxes[:, 0], boxes[:, 2]), axis(boxes[:, 1], boxes[:, 3])
+    return (y[:, :, None] * x[:, None, :]).flatten(1)
 
 
 def count_parameters(

@@ -73,7 +73,19 @@ logger = logging.getLogger(__name__)
 SKIP_COUNTER_NAME = "meerkat-skip-counter"
 READ_ATTEMPTS = 3
 """Tries per shard read before the shard is skipped and counted (a missing shard: one)."""
-ROW_COLUMNS = ("pixel_values", "audio_features", "input_ids", "labels", "box_mask", "has_box", "ot_pair")
+ROW_COLUMNS = (
+    "pixel_values",
+    "audio_features",
+    "input_ids",
+    "labels",
+    "box_mask",
+    "has_box",
+    "ot_pair",
+    "region_box",
+    "region_pos",
+    "segment_feat",
+    "segment_pos",
+)
 
 
 @dataclass(frozen=True)
