@@ -27,7 +27,13 @@ The tiny preset is trained with ``loss.number_label_sigma = 1.5`` (``--number-si
     .venv/bin/python experiments/learn_probe.py --minutes 5 --label full --json-out runs/full.json
     .venv/bin/python experiments/learn_probe.py --minutes 5 --label no-OT --set loss.lambda_ot=0 --json-out runs/noot.json
     .venv/bin/python experiments/learn_probe.py --minutes 5 --label no-AC --set loss.lambda_ac=0 --json-out runs/noac.json
+    .venv/bin/python experiments/learn_probe.py --minutes 5 --label no-regions --set region_prompts=false --json-out runs/noreg.json
     .venv/bin/python experiments/learn_probe.py --table runs/*.json
+
+Measured (2026-11-26, this 2-core CPU, 1,100 steps of batch 16, 200 held-out two-object scenes;
+``--minutes 8 --max-steps 1100``): full 0.72 / 0.64 arig mIoU and 0.85 / 0.83 fact-check accuracy
+(seeds 0 / 1); without region prompts 0.70 and 0.53 (Types 1-3 at chance); without AC 0.14 and
+0.61; without OT 0.70 and 0.94. The majority class is 0.50.
 """
 
 from __future__ import annotations

@@ -230,6 +230,9 @@ class MeerkatModel(nn.Module):
             has = pos >= 0
             if has.any():
                 text = text.index_put((rows[has], pos[has]), feats[has].to(text.dtype), accumulate=True)
+            # Keep both projections in the graph when no row of the batch writes a box (or a window):
+            # DDP expects every trainable parameter to get a gradient on every rank at every step.
+            text = text + 0.0 * feats.sum().to(text.dtype)
         return text
 
     def _merge(

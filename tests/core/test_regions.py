@@ -163,3 +163,34 @@ def test_paper_preset_has_no_region_prompts():
     m = build_model(PRESETS["paper"], pretrained=False, device="meta")
     assert not hasattr(m, "region_box_proj")
     assert count_parameters(m, name_contains="region_") == 0
+
+
+def test_projections_get_a_gradient_even_without_regions(model):
+    # DDP needs every trainable parameter to take part in every step, on every rank
+    batch = _fact_batch(model, (0.1, 0.1, 0.4, 0.4))
+    batch["region_pos"] = torch.full_like(batch["region_pos"], -1)
+    batch["segment_pos"] = torch.full_like(batch["segment_pos"], -1)
+    model.zero_grad(set_to_none=True)
+    model(batch)["loss"].backward()
+    for layer in (model.region_box_proj, model.region_segment_proj):
+        assert layer.weight.grad is not None and not layer.weight.grad.any()
+
+
+def test_ddp_steps_with_and_without_regions(model, tmp_path):
+    """The failure a 2-worker run hit: DDP refuses a step after one that left a parameter unused."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        with_regions = _fact_batch(model, (0.1, 0.1, 0.4, 0.4))
+        without = dict(with_regions)
+        without["region_pos"] = torch.full_like(with_regions["region_pos"], -1)
+        without["segment_pos"] = torch.full_like(with_regions["segment_pos"], -1)
+        for batch in (without, with_regions, without):
+            model.zero_grad(set_to_none=True)
+            ddp(batch)["loss"].backward()
+        assert model.region_box_proj.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
