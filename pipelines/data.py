@@ -390,7 +390,7 @@ def read_samples(
         items += [{"uri": u, "epoch": epoch} for u in order]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
     # Mostly I/O: a small CPU reservation keeps reads schedulable beside busy workers.
-    return ds.flat_map(shard_samples, num_cpus=0.25, concurrency=concurrency)
+    return ds.flat_map(shard_samples, num_cpus=0.25, compute=ray.data.TaskPoolStrategy(size=concurrency))
 
 
 def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, float] | None]:
@@ -426,7 +426,7 @@ def build_cached_epochs(
             preprocess_batch,
             fn_kwargs={"model_config": model_config, "tokenizer_dir": tokenizer_dir, "keep_probs": wanted},
             batch_size=cfg.preprocess_batch,
-            concurrency=cfg.preprocess_tasks,
+            compute=ray.data.TaskPoolStrategy(size=cfg.preprocess_tasks),
             num_cpus=cfg.preprocess_cpus,
         )
         .materialize()
@@ -438,7 +438,7 @@ def build_cached_epochs(
         fn_kwargs={"keep_probs": keep, "seed": cfg.seed, "epoch": None, "first_execution": first},
         batch_size=None,
         num_cpus=0.25,
-        concurrency=1,
+        compute=ray.data.TaskPoolStrategy(size=1),
     )
 
 
@@ -481,6 +481,6 @@ def build_dataset(
             "keep_meta": keep_meta,
         },
         batch_size=cfg.preprocess_batch,
-        concurrency=cfg.preprocess_tasks,
+        compute=ray.data.TaskPoolStrategy(size=cfg.preprocess_tasks),
         num_cpus=cfg.preprocess_cpus,
     )

@@ -248,6 +248,7 @@ def predict(
 ) -> list[dict]:
     """Every (kept) sample of the split with the model's answer, through a pool of model actors."""
     import mlflow
+    import ray.data
 
     from pipelines.data import read_samples, skip_counter
 
@@ -259,7 +260,7 @@ def predict(
         Answerer,
         fn_constructor_args=(model_ref, tuple(tasks or ()), max_new_tokens, mlflow.get_tracking_uri()),
         batch_size=batch_size,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor,
     )
