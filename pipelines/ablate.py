@@ -8,6 +8,8 @@ Variants (all start from ``pipelines/configs/tiny.yaml``):
 * Table 7, multi-task: ``tasks_arig``, ``tasks_arig_igatl``, ``tasks_arig_igatl_avfact``,
   ``tasks_no_avc`` and ``full`` (all five tasks);
 * the alignment losses: ``no_ot`` (λ_OT = 0), ``no_ac`` (λ_AC = 0), ``no_ot_no_ac``;
+* ``no_regions``: boxes and windows written in prompts reach the LLM as text only
+  (``model.region_prompts = false``, as in the paper);
 * Fig. 4, LLM fine-tuning: ``lora4``, ``lora16``, ``lora32`` (``full`` uses the tiny preset's rank)
   and ``full_ft`` (the whole LLM trained, ``lora.r = 0``).
 
@@ -28,6 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "no_ot": ["model.loss.lambda_ot=0.0"],
     "no_ac": ["model.loss.lambda_ac=0.0"],
     "no_ot_no_ac": ["model.loss.lambda_ot=0.0", "model.loss.lambda_ac=0.0"],
+    "no_regions": ["model.region_prompts=false"],
     "tasks_arig": ["data.tasks=[arig]", "data.task_weights={}"],
     "tasks_arig_igatl": ["data.tasks=[arig, igatl]", "data.task_weights={}"],
     "tasks_arig_igatl_avfact": ["data.tasks=[arig, igatl, avfact]", "data.task_weights={}"],
