@@ -48,6 +48,30 @@ def test_factcheck_type_follows_the_fields_given(fields, fact_type, inside):
     assert got == fact_type and all(s in text for s in inside), text
 
 
+@pytest.mark.parametrize(
+    ("fields", "box", "window"),
+    [
+        ({"box": [0.1, 0.2, 0.5, 0.6], "window": [1, 2.5]}, (0.1, 0.2, 0.5, 0.6), (1.0, 2.5)),
+        ({"object": "red circle", "window": [1, 2.5]}, None, (1.0, 2.5)),
+        (
+            {"statement": "The sound at [0.5, 3.0] comes from [0.20, 0.20, 0.40, 0.40]."},
+            (0.2, 0.2, 0.4, 0.4),
+            (0.5, 3.0),
+        ),
+    ],
+)
+def test_factcheck_box_and_window_reach_the_model_as_region_prompts(fields, box, window):
+    # the rendered claim is what SamplePreprocessor reads its region prompts from (tiny preset)
+    from meerkat_core import batching
+    from meerkat_core.tokenizer import load_tokenizer
+
+    text, _ = tasks.instruction("factcheck", FactcheckParams(**fields))
+    found = batching.prompt_regions(load_tokenizer(None), text)
+    assert found["box"] == (pytest.approx(box) if box else None)
+    assert found["segment"] == pytest.approx(window)
+    assert (found["box_pos"] >= 0) == (box is not None) and found["segment_pos"] >= 0
+
+
 def test_factcheck_statement_is_sent_verbatim():
     assert tasks.instruction("factcheck", FactcheckParams(statement="The dog barks.")) == (
         "The dog barks.",
