@@ -66,7 +66,7 @@ def prompt_regions(tokenizer: PreTrainedTokenizerBase, instruction: str) -> dict
         box, segment = grounding.parse_box(match.group(0)), grounding.parse_segment(match.group(0))
         if box is not None and "box" not in found:
             found["box"] = (box, match.end() - 1)
-        elif segment is not None and box is None and "segment" not in found:
+        elif segment is not None and "segment" not in found:
             found["segment"] = (segment, match.end() - 1)
     if not found:
         return out

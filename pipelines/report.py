@@ -354,10 +354,27 @@ _BASELINE_COLUMNS: dict[str, tuple[tuple[str, str, float], ...]] = {
         ("sounding_rate", "sounding-object rate (%)", 100),
     ),
     "igatl": (("f1", "segment F1 (%)", 100), ("event_f1", "event F1@0.5 (%)", 100)),
-    "avfact": (("accuracy", "accuracy", 1), ("f1", "F1", 1)),
+    "avfact": (
+        ("accuracy", "accuracy", 1),
+        ("f1", "F1", 1),
+        *((f"per_type.{t}.accuracy", f"type {t} acc.", 1) for t in (1, 2, 3, 4)),
+    ),
     "avqa": (("accuracy", "accuracy (%)", 100),),
     "avc": (("cider", "CIDEr", 100),),
 }
+
+
+def _lookup(metrics: Mapping[str, Any], key: str) -> object:
+    """``metrics[key]``, or along a dotted path (``per_type.1.accuracy``) whose parts may be int keys
+    (as computed) or str keys (after a JSON round trip); None where any part is missing."""
+    if key in metrics:
+        return metrics[key]
+    value: object = metrics
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part, value.get(int(part)) if part.isdigit() else None)
+    return value
 
 
 def baselines_markdown(results_with_baselines: Mapping[str, Mapping[str, Mapping[str, Metrics]]]) -> str:
@@ -374,11 +391,11 @@ def baselines_markdown(results_with_baselines: Mapping[str, Mapping[str, Mapping
         for dataset, by_model in results_with_baselines.get(task, {}).items():
             # The model first, whatever the dict order: every baseline is read against it.
             names = sorted(by_model, key=lambda name: name != "model")
-            present = [c for c in columns if any(c[0] in by_model[name] for name in names)]
+            present = [c for c in columns if any(_lookup(by_model[name], c[0]) is not None for name in names)]
             rows = [
                 [
                     name.removeprefix("baseline_").replace("_", " "),
-                    *(_fmt(_scaled(by_model[name].get(key), scale)) for key, _, scale in present),
+                    *(_fmt(_scaled(_lookup(by_model[name], key), scale)) for key, _, scale in present),
                 ]
                 for name in names
             ]

@@ -203,7 +203,16 @@ def test_baselines_table():
             },
             "igatl": {"llp": {"model": {"f1": 0.5, "n": 3}, "whole clip": {"f1": 0.25}}},
             "avfact": {
-                "world": {"model": {"accuracy": 0.8, "f1": 0.7, "n": 9}, "majority": {"accuracy": 0.5}}
+                "world": {
+                    "model": {
+                        "accuracy": 0.8,
+                        "f1": 0.7,
+                        "n": 9,
+                        "per_type": {1: {"accuracy": 0.75}, 2: {"accuracy": 1.0}},
+                    },
+                    # as read back from JSON: str keys
+                    "majority": {"accuracy": 0.5, "per_type": {"1": {"accuracy": 0.5}}},
+                }
             },
         }
     )
@@ -219,7 +228,11 @@ def test_baselines_table():
     assert rows[1]["sounding-object rate (%)"] == "–"
     # Event F1 was computed for no row, so it has no column.
     assert list(_table(markdown, "IGATL")[0]) == ["", "segment F1 (%)"]
-    assert _table(markdown, "AVFact")[1] == {"": "majority", "accuracy": "0.50", "F1": "–"}
+    # per-type accuracy where some row has it (types 3 and 4: none, no column)
+    assert _table(markdown, "AVFact") == [
+        {"": "model", "accuracy": "0.80", "F1": "0.70", "type 1 acc.": "0.75", "type 2 acc.": "1.00"},
+        {"": "majority", "accuracy": "0.50", "F1": "–", "type 1 acc.": "0.50", "type 2 acc.": "–"},
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
