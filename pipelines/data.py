@@ -108,7 +108,7 @@ class DataConfig:
     preprocess_batch: int = 8
     cache: bool = False
     """Preprocess the split once and keep the model rows in Ray's object store for every epoch
-    (:func:`build_cached_stream`): for splits that fit in it (about 0.9 MB a sample with the tiny
+    (:func:`build_cached_epochs`): for splits that fit in it (about 0.9 MB a sample with the tiny
     preset), where decoding and preprocessing, not the model, bound the step (small CPU runs)."""
     seed: int = 0
 
