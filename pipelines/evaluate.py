@@ -48,6 +48,8 @@ class Answerer:
         tracking_uri: str | None = None,
     ) -> None:
         import mlflow
+        import ray
+        import torch
 
         from meerkat_core.batching import SamplePreprocessor
         from pipelines import registry
@@ -55,7 +57,16 @@ class Answerer:
         if tracking_uri:  # the driver's MLflow, whatever environment this actor's node started with
             mlflow.set_tracking_uri(tracking_uri)
 
-        self.model = registry.load(model_ref)
+        # The device this actor holds: Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so the
+        # actor's GPU is "cuda" (its first visible device); no GPU from Ray means CPU, whatever the
+        # node has.
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+        if gpus and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"Ray gave this actor GPU(s) {gpus}, but torch {torch.__version__} cannot use CUDA"
+            )
+        self.device = torch.device("cuda" if gpus else "cpu")
+        self.model = registry.load(model_ref, device=str(self.device))
         self.prep = SamplePreprocessor(self.model.config, self.model.tokenizer)
         self.tasks = set(tasks or ())
         self.max_new_tokens = max_new_tokens
