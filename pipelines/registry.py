@@ -105,3 +105,28 @@ def load(ref: str, *, device: str = "cpu") -> MeerkatModel:
     directory = resolve(ref)
     logger.info("loading the Meerkat model of %s from %s", ref, directory)
     return load_model(directory, device=device)
+
+
+def resolve_version(ref: str) -> str:
+    """``models:/<name>/latest`` or ``models:/<name>@<alias>`` as the version it points to now,
+    ``models:/<name>/<n>``; any other reference unchanged.
+
+    Serve resolves the reference once at deploy, so that every replica (and every restart) loads
+    the same version, whatever ``latest`` or the alias points to later. Raises
+    ``mlflow.exceptions.MlflowException`` for an unknown name or alias, LookupError for a name
+    without versions.
+    """
+    if not ref.startswith("models:/"):
+        return ref
+    body = ref[len("models:/") :].strip("/")
+    client = mlflow.MlflowClient()
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
+    name, _, version = body.rpartition("/")
+    if version != "latest":
+        return ref
+    found = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+    if not found:
+        raise LookupError(f"registered model {name!r} has no versions")
+    return f"models:/{name}/{found[0].version}"
