@@ -45,7 +45,11 @@ class ImageEncoderConfig:
     """CLIP vision transformer (``transformers.CLIPVisionModel``)."""
 
     name_or_path: str | None = None
-    """Hub name or local directory of pretrained weights; ``None``: random init only."""
+    """Hub name or local directory of a CLIP checkpoint (a ``CLIPModel`` or ``CLIPVisionModel``);
+    ``None``: random init only. Loaded, its own config fixes the widths and depths below."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of ``name_or_path``; ``None``: the hub's default branch.
+    Ignored for a local directory."""
     image_size: int = 224
     """Input side in pixels (square, after the CLIP centre crop)."""
     patch_size: int = 16
@@ -81,7 +85,11 @@ class AudioEncoderConfig:
     """
 
     name_or_path: str | None = None
-    """Hub name or local directory of a CLAP checkpoint; ``None``: random init only."""
+    """Hub name or local directory of a CLAP checkpoint (a ``ClapModel``, as LAION's are);
+    ``None``: random init only. Loaded, its own config fixes the widths and depths below, and its
+    ``preprocessor_config.json`` the front end (which must agree with the fields here)."""
+    revision: str | None = None
+    """Hub revision of ``name_or_path``; ``None``: the default branch. Ignored for a local directory."""
     sampling_rate: int = 48_000
     """Hz; every clip is resampled to this before the mel front end."""
     num_mel_bins: int = 64
@@ -138,7 +146,10 @@ class LLMConfig:
     """The language model (``transformers.LlamaForCausalLM``)."""
 
     name_or_path: str | None = None
-    """Hub name or local directory of Llama-2-7B-Chat (or another Llama); ``None``: random init."""
+    """Hub name or local directory of Llama-2-7B-Chat (or another Llama); ``None``: random init.
+    Loaded, its own config fixes every field below."""
+    revision: str | None = None
+    """Hub revision of ``name_or_path``; ``None``: the default branch. Ignored for a local directory."""
     vocab_size: int = 32_000
     """Base vocabulary; the special media tokens are added on top of it."""
     hidden_size: int = 4096
@@ -177,6 +188,12 @@ class AVACEConfig:
     """Width of the shared audio-visual space where attention and the OT cost are computed."""
     num_heads: int = 8
     dropout: float = 0.0
+    map_tokens: bool = True
+    """Write the map back into the image tokens as ``A^c(k) · e_sound`` on each patch k (not in the
+    paper; see :mod:`meerkat_core.attention`)."""
+    map_box_tokens: bool = True
+    """Add the box the map implies, as Fourier features through a learned projection, to every image
+    token (not in the paper; see :mod:`meerkat_core.attention`)."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +225,10 @@ class LossConfig:
             raise ValueError("number_label_sigma must be >= 0")
 
 
+BASE_DTYPES = ("float32", "bfloat16")
+"""Values of ``ModelConfig.base_dtype`` (names of torch dtypes)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that fixes the model's shapes and its training objective."""
@@ -220,6 +241,11 @@ class ModelConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     tokenizer: str | None = None
     """Hub name or directory of the tokenizer; ``None``: the offline tokenizer built in code."""
+    tokenizer_revision: str | None = None
+    """Hub revision of ``tokenizer``; ``None``: the default branch. Ignored for a local directory."""
+    base_dtype: str = "float32"
+    """dtype of the frozen base (both encoders and the LLM's base weights): "float32" or
+    "bfloat16". Trainable parameters are always float32 (see :func:`~meerkat_core.model.build_model`)."""
     llm_image_pool: int = 1
     """k: the LLM reads the image patch grid average-pooled k×k (1 = all patches)."""
     max_text_tokens: int = 256
@@ -230,6 +256,8 @@ class ModelConfig:
     covers (see :class:`~meerkat_core.model.MeerkatModel`); not in the paper, on in ``tiny``."""
 
     def __post_init__(self) -> None:
+        if self.base_dtype not in BASE_DTYPES:
+            raise ValueError(f"base_dtype must be one of {sorted(BASE_DTYPES)}, got {self.base_dtype!r}")
         if self.image.grid % self.llm_image_pool:
             raise ValueError(
                 f"llm_image_pool {self.llm_image_pool} must divide the patch grid {self.image.grid}"
@@ -240,13 +268,20 @@ class ModelConfig:
         return (self.image.grid // self.llm_image_pool) ** 2
 
 
+PAPER_REVISION = "main"
+"""Revision of the paper preset's three checkpoints: the branch name, not a commit hash — no commit
+of these repositories was checked from here (no network). Pin a commit by overriding the
+``revision`` fields (``model.image.revision=<sha>`` ...) once one has been verified."""
+
 PAPER = ModelConfig(
-    image=ImageEncoderConfig(name_or_path="openai/clip-vit-base-patch16"),
-    audio=AudioEncoderConfig(name_or_path="laion/clap-htsat-unfused"),
-    llm=LLMConfig(name_or_path="meta-llama/Llama-2-7b-chat-hf"),
+    image=ImageEncoderConfig(name_or_path="openai/clip-vit-base-patch16", revision=PAPER_REVISION),
+    audio=AudioEncoderConfig(name_or_path="laion/clap-htsat-unfused", revision=PAPER_REVISION),
+    llm=LLMConfig(name_or_path="meta-llama/Llama-2-7b-chat-hf", revision=PAPER_REVISION),
     lora=LoraConfig(r=32, alpha=64),
-    avace=AVACEConfig(dim=768, num_heads=8),
+    avace=AVACEConfig(dim=768, num_heads=8, map_tokens=False, map_box_tokens=False),
     tokenizer="meta-llama/Llama-2-7b-chat-hf",
+    tokenizer_revision=PAPER_REVISION,
+    base_dtype="bfloat16",
     llm_image_pool=1,
     max_text_tokens=512,
 )

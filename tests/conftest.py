@@ -135,3 +135,12 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         yield LocalStack(config, {**base, **config.env()})
     finally:
         stack.down(str(directory))
+
+
+@pytest.fixture(scope="session")
+def pretrained_dirs(tmp_path_factory: pytest.TempPathFactory):
+    """Small random CLIP / CLAP / Llama checkpoints and a Llama-style tokenizer in the official
+    layouts (:func:`tests.fixtures.pretrained.write_pretrained_checkpoints`), written once per session."""
+    from tests.fixtures.pretrained import write_pretrained_checkpoints
+
+    return write_pretrained_checkpoints(tmp_path_factory.mktemp("pretrained"))
