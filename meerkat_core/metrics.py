@@ -21,22 +21,35 @@ Decisions made here, where the literature leaves room:
   consensus variant (a list of per-annotator box lists) each annotator's boxes are first united
   into a binary map, and ``G = clip(sum of annotator maps / 2, 0, 1)``: two or more annotators
   agreeing give 1, one gives 0.5, and predicting a half-agreed pixel is not penalised (only
-  ``G == 0`` counts as background). EZ-VSL sums raw boxes, assuming one box per annotator; uniting
-  per annotator first keeps an annotator who drew two overlapping boxes from counting twice.
+  ``G == 0`` counts as background). EZ-VSL sums raw boxes, one vote per ``bbox`` element of the
+  annotation XML; the Flickr-SoundNet converter stores each of them as one annotator's list
+  (``annotator_boxes``), so the map is EZ-VSL's exactly. Uniting per annotator first only differs
+  when one annotator list holds several boxes (kept from counting twice where they overlap).
   ``ciou`` is the fraction of samples with cIoU >= 0.5 (EZ-VSL's ``AP50``, the paper's "cIoU") and
   ``auc`` the trapezoid area under the success-rate curve over the thresholds, as ``sklearn.auc``
   computes it there.
-- **Segment-level F1 (IGATL, Table 4)** follows the AVVP/LLP protocol of scoring 1-second segments.
-  A clip of ``duration`` seconds has ``ceil(duration)`` bins ``[k, min(k + 1, duration))``; a bin
-  is active when the union of the clip's segments, clipped to ``[0, duration]``, covers at least
-  half of it (0.5 s for a whole bin, half the length of a shorter last bin). Overlapping segments
-  are united first, so two segments that together cover a bin activate it. TP/FP/FN are summed over
-  all bins of all clips (micro F1); AVVP instead averages a per-video F1, which is undefined for
-  clips without positives, and one event class per query makes micro F1 the natural pooling here.
-- **Event-level F1 (F1@0.5)**: each predicted segment is one event (no merging, so a model that
-  splits one event into two pays a false positive). Pairs are matched one-to-one greedily in
-  order of decreasing temporal IoU (ties by prediction, then ground-truth order), and a pair
-  counts when IoU >= the threshold.
+- **1-second segments.** A clip of ``duration`` seconds has ``ceil(duration)`` bins
+  ``[k, min(k + 1, duration))``; a bin is active when the union of the clip's segments, clipped to
+  ``[0, duration]``, covers at least half of it (0.5 s for a whole bin, half the length of a shorter
+  last bin). Overlapping segments are united first, so two segments that together cover a bin
+  activate it. LLP's integer ``[onset, offset)`` ground truth activates exactly its bins.
+- **Temporal localisation, the published protocol (Table 4: ``avvp_f1``)** is the LLP/AVVP
+  evaluation's: one row is one (video, event class) pair, scored on its 1-second bins.
+  *Segment level*: per class, F1 = 2TP / (2TP + FP + FN) over the video's bins. *Event level*: an
+  event is a maximal run of active bins; a predicted event is a TP when its IoU with any
+  ground-truth event of the class is at least 0.5 and a FP otherwise, and a ground-truth event no
+  prediction reaches at 0.5 is a FN. (Between maximal runs, which are at least one bin apart, no
+  two predicted events can both reach IoU 0.5 with one ground-truth event, so "any" is one-to-one.)
+  In both, a class with neither predictions nor ground truth in a video is left out, the video's
+  score is the mean over its remaining classes (1.0 when none is left: all true negatives), and
+  the reported F1 is the mean over videos. The event classes are those the benchmark asks about:
+  one query per class that the converter made a sample of (``pipelines/avfit/sources/llp.py``:
+  heard and seen); classes never asked about count as neither predicted nor present.
+- **Project variants, under their own names**: ``segment_f1`` pools TP/FP/FN over all bins of all
+  clips (micro F1, defined with one query per clip), and ``event_f1`` treats each predicted segment
+  as one event (no merging, so a model that splits one event into two pays a false positive),
+  matched one-to-one greedily in order of decreasing temporal IoU (ties by prediction, then
+  ground-truth order) on continuous times, a pair counting when IoU >= the threshold.
 - Interval comparisons allow ``1e-9`` s of floating-point slack, so that one-decimal boundaries
   (``2.6``, not exact in binary) sit where they are written: an overlap of exactly 0.5 s, or an
   IoU of exactly 0.5, counts.
@@ -352,6 +365,73 @@ def segment_f1(
         fp += int(np.sum(predicted & ~truth))
         fn += int(np.sum(~predicted & truth))
     return _detection_scores(tp, fp, fn, n, n_unparsed)
+
+
+def _runs(active: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs ``[start, end)`` of True bins, in order."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))  # [2R]
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _class_f1(tp: int, fp: int, fn: int) -> float | None:
+    """One class's F1 in one video, or None when it has neither predictions nor ground truth."""
+    return None if tp + fp == 0 and tp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def avvp_f1(
+    pred_segments: Sequence[object],
+    gt_segments: Sequence[object],
+    duration: float | Sequence[float],
+    videos: Sequence[Hashable] | None = None,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Segment-level and event-level F1 as the LLP/AVVP evaluation aggregates them (Table 4).
+
+    One row per (video, event class): ``pred_segments`` and ``gt_segments`` as in ``segment_f1``,
+    ``duration`` one length for all rows or one per row, ``videos`` the video of each row (rows of
+    one video are its classes; None: every row its own video). See the module docstring for the
+    protocol. Returns ``segment_f1`` and ``event_f1`` (means over videos), ``n`` (rows),
+    ``n_videos`` and ``n_unparsed``; nan for no rows.
+    """
+    n = _check_lengths(pred_segments=pred_segments, gt_segments=gt_segments)
+    video_of = list(range(n)) if videos is None else list(videos)
+    if len(video_of) != n:
+        raise ValueError(f"need one video per row ({n}), got {len(video_of)}")
+    per_video: dict[Hashable, tuple[list[float], list[float]]] = {}
+    n_unparsed = 0
+    for pred, gt, length, video in zip(
+        pred_segments, gt_segments, _durations(duration, n), video_of, strict=True
+    ):
+        truth = _active_bins(_gt_segments(gt), length)  # [K]
+        segments = parse_segments(pred)
+        if segments is None:
+            n_unparsed += 1
+            segments = []
+        predicted = _active_bins(segments, length)  # [K]
+        seg_scores, event_scores = per_video.setdefault(video, ([], []))
+        seg = _class_f1(
+            int(np.sum(predicted & truth)), int(np.sum(predicted & ~truth)), int(np.sum(~predicted & truth))
+        )
+        pred_events, gt_events = _runs(predicted), _runs(truth)
+        hits = [any(_segment_iou(p, g) >= iou_threshold - _EPS for g in gt_events) for p in pred_events]
+        found = [any(_segment_iou(p, g) >= iou_threshold - _EPS for p in pred_events) for g in gt_events]
+        event = _class_f1(sum(hits), len(hits) - sum(hits), len(found) - sum(found))
+        if seg is not None:
+            seg_scores.append(seg)
+        if event is not None:
+            event_scores.append(event)
+    if n == 0:
+        return {"segment_f1": math.nan, "event_f1": math.nan, "n": 0, "n_videos": 0, "n_unparsed": 0}
+    # A video whose every class is a true negative scores 1.0, as the LLP evaluation does.
+    seg_f1 = [float(np.mean(s)) if s else 1.0 for s, _ in per_video.values()]
+    event_f1_ = [float(np.mean(e)) if e else 1.0 for _, e in per_video.values()]
+    return {
+        "segment_f1": float(np.mean(seg_f1)),
+        "event_f1": float(np.mean(event_f1_)),
+        "n": n,
+        "n_videos": len(per_video),
+        "n_unparsed": n_unparsed,
+    }
 
 
 def _segment_iou(a: Segment, b: Segment) -> float:

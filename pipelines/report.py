@@ -13,7 +13,8 @@ task     metrics dict
 =======  ===========================================================================================
 arig     ``localization_scores`` (``ciou``, ``auc``, ``mean_ciou``, ``n``), optionally with
          ``box_mean_iou`` (``mean_box_iou``'s ``mean_iou``) and ``sounding_rate`` merged in
-igatl    ``segment_f1`` (``f1``, ``n``, ...), optionally with ``event_f1`` = ``event_f1(...)["f1"]``
+igatl    ``f1`` and ``event_f1``: ``avvp_f1``'s ``segment_f1`` and ``event_f1`` (the LLP protocol),
+         ``n``; the project's variants beside them (``micro_f1``, ``greedy_event_f1``, ...)
 avfact   ``factcheck_scores`` (``f1``, ``accuracy``, ``per_type`` {1..4: {``f1``, ...}}, ``n``)
 avqa     ``avqa_accuracy`` (``accuracy``, ``per_category`` {name: {``accuracy``, ``n``}}, ``n``)
 avc      ``caption_scores`` (``bleu4``, ``meteor``, ``rouge_l``, ``cider``, ``n``)

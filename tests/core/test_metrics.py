@@ -17,6 +17,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from meerkat_core.metrics import (
     answer_matches,
     avqa_accuracy,
+    avvp_f1,
     caption_scores,
     constant_box_baseline,
     event_f1,
@@ -220,6 +221,64 @@ def test_event_f1_perfect_and_empty():
     assert event_f1(["[3.0, 7.5]"], [(3.0, 7.5)])["f1"] == 1.0
     assert math.isnan(event_f1([[]], [[]])["f1"])
     assert math.isnan(event_f1([], [])["f1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# LLP/AVVP protocol (Table 4): per class, per video, averaged over videos
+# ---------------------------------------------------------------------------------------------
+
+
+def test_avvp_f1_hand_computed_per_class_per_video():
+    preds = [
+        "[0.0, 2.0], [6.0, 9.0]",  # video A, dog: bins 0 1 6 7 8
+        "no idea",  # video A, car: unparsed, nothing predicted
+        [(1.0, 3.0)],  # video B: bins 1 2
+        [],  # video C: nothing predicted, nothing there
+    ]
+    gts = [[(0, 3), (6, 8)], [(4, 5)], [(2, 6)], []]
+    videos = ["A", "A", "B", "C"]
+    scores = avvp_f1(preds, gts, 10, videos)
+    # Segment level. A/dog: TP 4 (0 1 6 7), FP 1 (8), FN 1 (2) -> 8/10; A/car: FN 1 -> 0; A = 0.4.
+    # B: TP 1 (2), FP 1 (1), FN 3 (3 4 5) -> 2/6. C: no prediction, no truth -> left out -> 1.0.
+    assert scores["segment_f1"] == pytest.approx((0.4 + 1 / 3 + 1.0) / 3)
+    # Event level. A/dog: runs [0,2) and [6,9) against [0,3) and [6,8): IoU 2/3 each -> F1 1; A/car:
+    # one missed event -> 0; A = 0.5. B: [1,3) vs [2,6) has IoU 1/5 -> FP 1, FN 1 -> 0. C: 1.0.
+    assert scores["event_f1"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert (scores["n"], scores["n_videos"], scores["n_unparsed"]) == (4, 3, 1)
+
+
+def test_avvp_f1_events_are_maximal_runs_matched_at_iou_half():
+    # IoU exactly 0.5 matches: [0,2) against [0,4).
+    assert avvp_f1([[(0.0, 2.0)]], [[(0, 4)]], 10)["event_f1"] == 1.0
+    # Adjacent predicted segments are one run ([0,3)), whatever the model wrote.
+    assert avvp_f1([[(0.0, 1.0), (1.0, 3.0)]], [[(0, 3)]], 10)["event_f1"] == 1.0
+    # One run across two ground-truth events ([0,5) vs [0,2) and [3,5), IoU 2/5 each): FP 1, FN 2.
+    across = avvp_f1([[(0.0, 5.0)]], [[(0, 2), (3, 5)]], 10)
+    assert across["event_f1"] == 0.0
+    assert across["segment_f1"] == pytest.approx(8 / 9)  # TP 4, FP 1 (bin 2)
+    # An extra run is a FP: TP 1, FP 1, FN 0 -> 2/3.
+    assert avvp_f1([[(0.0, 3.0), (5.0, 6.0)]], [[(0, 4)]], 10)["event_f1"] == pytest.approx(2 / 3)
+    # Continuous predictions activate the bins they cover at least half of: [2.5, 5.5] -> bins 2..5.
+    assert avvp_f1(["[2.5, 5.5]"], [[(2, 6)]], 10)["segment_f1"] == 1.0
+
+
+def test_avvp_f1_differs_from_micro_pooling():
+    # A long clip with many positives and a short miss: micro pooling weighs bins, LLP weighs videos.
+    preds = [[(0.0, 10.0)], []]
+    gts = [[(0, 10)], [(0, 1)]]
+    assert avvp_f1(preds, gts, 10)["segment_f1"] == pytest.approx(0.5)
+    assert segment_f1(preds, gts, 10)["f1"] == pytest.approx(20 / 21)
+
+
+def test_avvp_f1_edge_cases():
+    empty = avvp_f1([], [], 10)
+    assert math.isnan(empty["segment_f1"]) and empty["n"] == 0
+    # A false alarm in a video without events scores 0, not "undefined".
+    assert avvp_f1([[(1.0, 2.0)]], [[]], 10)["segment_f1"] == 0.0
+    with pytest.raises(ValueError, match="one video per row"):
+        avvp_f1([[], []], [[], []], 10, ["A"])
+    with pytest.raises(ValueError):
+        avvp_f1([[]], [(5.0, 1.0)], 10)
 
 
 # ---------------------------------------------------------------------------------------------

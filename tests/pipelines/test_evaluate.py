@@ -56,9 +56,28 @@ def test_fact_check_and_temporal_scoring():
     assert res["avfact"]["world"]["model"]["accuracy"] == pytest.approx(0.5)
     assert res["avfact"]["world"]["baseline_majority"]["accuracy"] == pytest.approx(0.5)
     seg = res["igatl"]["llp"]["model"]
-    assert (seg["tp"], seg["fn"], seg["fp"]) == (2, 1, 0)
-    assert seg["event_f1"] == pytest.approx(2 / 3)
-    assert res["igatl"]["llp"]["baseline_whole_clip"]["recall"] == pytest.approx(1.0)
+    # Published protocol: each row its own video (no clip_id); F1 1 and 0, averaged.
+    assert seg["f1"] == pytest.approx(0.5) and seg["event_f1"] == pytest.approx(0.5)
+    # The project's variants beside it: micro over bins (TP 2, FN 1) and greedy one-to-one events.
+    assert (seg["micro_tp"], seg["micro_fn"], seg["micro_fp"]) == (2, 1, 0)
+    assert seg["micro_f1"] == pytest.approx(0.8)
+    assert seg["greedy_event_f1"] == pytest.approx(2 / 3)
+    assert res["igatl"]["llp"]["baseline_whole_clip"]["micro_recall"] == pytest.approx(1.0)
+
+
+def test_temporal_rows_of_one_clip_average_as_its_classes():
+    def row(pred: str, segments: list, clip: str) -> dict:
+        meta = {"task": "igatl", "source": "llp", "segments": segments, "duration": 10.0, "clip_id": clip}
+        return {"prediction": pred, "meta": meta}
+
+    rows = [
+        row("[0.0, 2.0]", [[0.0, 2.0]], "a"),
+        row("nothing", [[4.0, 6.0]], "a"),
+        row("[1.0, 2.0]", [[1, 2]], "b"),
+    ]
+    seg = evaluate.score(rows)["igatl"]["llp"]["model"]
+    # Clip a: classes 1.0 and 0.0 -> 0.5; clip b: 1.0. Mean over the two clips.
+    assert seg["f1"] == pytest.approx(0.75) and seg["n_videos"] == 2 and seg["n"] == 3
 
 
 def test_metric_names_follow_the_convention():

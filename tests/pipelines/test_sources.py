@@ -291,6 +291,59 @@ def test_flickr_soundnet_normalises_256_pixel_boxes_and_takes_the_annotators_med
     assert stats == Counter(bad_box=2, missing_annotation=1, missing_media=1)
 
 
+_QUADRANT_VOTES = """<annotation>
+	<object><bbox><annotator>1</annotator><xmin>0</xmin><ymin>0</ymin><xmax>128</xmax><ymax>128</ymax></bbox></object>
+	<object><bbox><annotator>2</annotator><xmin>0</xmin><ymin>0</ymin><xmax>128</xmax><ymax>128</ymax></bbox></object>
+	<object><bbox><annotator>3</annotator><xmin>128</xmin><ymin>128</ymin><xmax>256</xmax><ymax>256</ymax></bbox></object>
+</annotation>
+"""
+
+
+def test_flickr_soundnet_consensus_reaches_the_score(tmp_path):
+    """Converter -> evaluation -> score: the ground truth is the annotators' consensus, not their union."""
+    from pipelines import evaluate
+
+    root = _flickr(tmp_path)
+    (root / "Annotations" / "10000130166.xml").write_text(_QUADRANT_VOTES)
+    samples, _ = _run("flickr_soundnet", root, "test")
+    meta = _by_key(samples)["flickr_soundnet-10000130166-arig"]["json"]
+    assert meta["annotator_boxes"] == [[[0.0, 0.0, 0.5, 0.5]], [[0.0, 0.0, 0.5, 0.5]], [[0.5, 0.5, 1.0, 1.0]]]
+    # Consensus at 224: the top-left quadrant (112 x 112 px) has two votes (G = 1), the bottom-right
+    # one vote (G = 0.5). A prediction of the bottom-right quadrant: 0.5 * 112^2 / (1.5 * 112^2) = 1/3,
+    # a failure at 0.5; against the union of the boxes it would score 112^2 / (2 * 112^2) = 0.5.
+    row = {"prediction": "[0.50, 0.50, 1.00, 1.00]", "meta": meta}
+    scores = evaluate.score([row])["arig"]["flickr_soundnet"]["model"]
+    assert scores["mean_ciou"] == pytest.approx(1 / 3)
+    assert scores["ciou"] == 0.0
+    # Success rate 1 for t = 0, ..., 0.30, then 0: AUC 0.30 + 0.05 / 2.
+    assert scores["auc"] == pytest.approx(0.325)
+    # The agreed quadrant scores 112^2 / (1.5 * 112^2).
+    agreed = evaluate.score([{**row, "prediction": "[0.00, 0.00, 0.50, 0.50]"}])["arig"]["flickr_soundnet"]
+    assert agreed["model"]["mean_ciou"] == pytest.approx(2 / 3)
+
+
+def test_flickr_soundnet_three_annotators_match_the_loaders_map(tmp_path):
+    """The fixture's three overlapping annotators, against the map the loaders build from the XML's
+    pixels (int(224 * v / 256) per box, votes summed, halved, clipped to 1)."""
+    from pipelines import evaluate
+
+    samples, _ = _run("flickr_soundnet", _flickr(tmp_path), "test")
+    meta = _by_key(samples)["flickr_soundnet-10000130166-arig"]["json"]
+    votes = np.zeros((224, 224))
+    for xmin, ymin, xmax, ymax in ((64, 32, 192, 224), (60, 40, 200, 228), (68, 28, 180, 220)):
+        x1, y1, x2, y2 = (int(224 * v / 256) for v in (xmin, ymin, xmax, ymax))
+        votes[y1:y2, x1:x2] += 1
+    gt = np.clip(votes / 2, 0, 1)
+    pred = np.zeros((224, 224))
+    pred[int(0.3 * 224) : int(0.6 * 224), int(0.2 * 224) : int(0.9 * 224)] = 1  # [0.2, 0.3, 0.9, 0.6]
+    expected = (pred * gt).sum() / (gt.sum() + (pred * (gt == 0)).sum())
+    row = {"prediction": "[0.20, 0.30, 0.90, 0.60]", "meta": meta}
+    scores = evaluate.score([row])["arig"]["flickr_soundnet"]["model"]
+    assert scores["mean_ciou"] == pytest.approx(expected, abs=1e-12)
+    union = (pred * (votes > 0)).sum() / ((votes > 0).sum() + (pred * (votes == 0)).sum())
+    assert abs(expected - union) > 1e-3  # the two ground truths differ on this case
+
+
 def test_flickr_soundnet_reads_the_acl_ssl_variant_labels(tmp_path):
     root = _flickr(tmp_path)
     shutil.copy(root / "variants" / "ACL-SSL" / "flickr_test.csv", root / "flickr_test.csv")
@@ -455,6 +508,24 @@ def test_llp_localises_visible_events_with_exclusive_offsets(tmp_path):
     # Heard but not seen: HK1i4YyF5WU Speech and Singing, Ishr8cHsJkc Speech, KSRjje7GH44 Speech.
     # GSovTky7XbU has no media.
     assert stats == Counter(unknown_clip=2, bad_segment=2, not_visible=4, missing_media=2)
+    assert got["llp-McVcuryKUp4_160_170-Speech-igatl"]["json"]["clip_id"] == "McVcuryKUp4_160_170"
+
+
+def test_llp_samples_score_per_video_through_evaluation(tmp_path):
+    """Converter -> evaluation: the two McVcuryKUp4 classes are one video of the LLP average."""
+    from pipelines import evaluate
+
+    samples, _ = _run("llp", _llp(tmp_path), "test")
+    rows = [{"prediction": s["json"]["answer"], "meta": s["json"]} for s in samples]
+    # McVcuryKUp4 Speech answered [3, 5] instead of [3, 8]: bins 3 4 of 3..7 -> class F1 4/7, event
+    # IoU 2/5 -> event F1 0. Its Motorcycle class is right (1.0); the other four videos are perfect.
+    for row in rows:
+        if row["meta"]["label_text"] == "Speech" and row["meta"]["clip_id"].startswith("McVcury"):
+            row["prediction"] = "[3.0, 5.0]"
+    scores = evaluate.score(rows)["igatl"]["llp"]["model"]
+    assert (scores["n"], scores["n_videos"]) == (6, 5)
+    assert scores["f1"] == pytest.approx((4 + (1 + 4 / 7) / 2) / 5)
+    assert scores["event_f1"] == pytest.approx((4 + 0.5) / 5)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ files write three decimals and the public re-serialised copies drop trailing zer
 For every clip and every table class whose AudioSet labels occur in it, an Open Images image with a
 box of that class is drawn to show the object, and two samples are made:
 
-- ``igatl``: "when does the <class> in the image sound?", answered with the class's merged events;
+- ``igatl``: "when does the <class> in the image sound?", answered with the class's merged events
+  (``clip_id`` names the clip, so that evaluation averages per clip over its classes, as LLP does);
 - ``avfact`` of type 2 (``{obj}`` + ``{segment}``) or type 3 (``{box}`` + ``{segment}``), drawn at
   random, with a True or False verdict drawn at random. A True statement names one of the class's
   segments; a False one names the longest stretch of at least ``MIN_GAP`` seconds in which the class
@@ -105,6 +106,7 @@ def iter_samples(
                 CLIP_SECONDS,
                 rng,
                 boxes=list(item.boxes),
+                clip_id=segment_id,
                 **common,
             )
             if igatl is not None:

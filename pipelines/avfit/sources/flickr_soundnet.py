@@ -11,9 +11,12 @@ The box XML is **documented, no real excerpt**: no public copy of any file could
 parser follows the loaders' code. Every grandchild of the root whose tag is ``bbox`` is one box;
 inside it the first child is skipped and the next four are ``xmin, ymin, xmax, ymax`` in integer
 pixels of a 256 x 256 frame (the loaders rescale them by 224/256 whatever the JPEG's size), so they
-are normalised by 256, not by the image header. All annotators' boxes (usually 3) are kept in
-``boxes``; the answer is their consensus, the per-coordinate median, where the loaders' ground-truth
-map is the area at least two annotators agree on.
+are normalised by 256, not by the image header. The benchmark scores against a consensus map, not
+the union of the boxes: each ``bbox`` element is one annotator's vote, the votes' maps are summed,
+halved and clipped to 1 (two annotators agreeing give 1, one gives 0.5). So the sample keeps them
+apart: ``annotator_boxes`` holds one list per ``bbox`` element (what ``pipelines.evaluate`` scores
+against, through ``meerkat_core.metrics``), ``boxes`` their flat list (training masks, mean IoU). The
+answer is their per-coordinate median.
 
 ``flickr_test.csv`` exists in two variants under the same name: the ``hche11`` one (249 rows) has an
 undocumented integer second column that no loader reads; the ``ACL-SSL`` one (250 rows) has a class
@@ -96,6 +99,7 @@ def iter_samples(
             boxes,
             rng_for(NAME, split, seed, flickr_id),
             answer_box=consensus_box(boxes),
+            annotator_boxes=[[box] for box in boxes],
             **fields,
         )
         if sample is not None:

@@ -19,7 +19,8 @@ counted under ``unknown_clip``.
 The task asks when the object *in the image* sounds, so one sample is made per clip and event class
 that is both heard (audio file) and seen (visual file); the answer is the class's audio segments.
 The image is the frame in the middle of the class's first visual segment, so the object is in view;
-an audio-only class is counted under ``not_visible``. Class names become object words through
+an audio-only class is counted under ``not_visible``. ``clip_id`` (the ``filename``) names the clip,
+so that evaluation can aggregate the classes of one video as the LLP evaluation does. Class names become object words through
 ``OBJECTS`` (``Frying_(food)`` -> ``frying pan``).
 """
 
@@ -133,6 +134,7 @@ def iter_samples(
             duration,
             rng_for(NAME, split, seed, record_id),
             label_text=label,
+            clip_id=filename,
         )
         if sample is not None:
             yield sample
