@@ -28,20 +28,58 @@ class PromptTooLongError(ValueError):
     """The prompt alone does not fit the model's text budget."""
 
 
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, instruction: str, *, offsets: bool = False
+) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """Token ids of ``prompts.chat_prompt(instruction)``, BOS first, and with ``offsets`` each
+    token's character span in that text (None from a slow tokenizer, which has none).
+
+    This is where user text is kept from becoming a placeholder or special token: the template
+    and the instruction are encoded apart, the instruction with ``split_special_tokens=True``, so
+    ``<image>``, ``<audio>``, ``</s>`` or ``<pad>`` typed by a user are the characters they are (an
+    extra ``<image>`` would make the model fail, a ``</s>`` end the prompt). Ordinary added tokens
+    (the tiny tokenizer's numbers) still apply. For the tiny preset's byte-level BPE the ids equal
+    those of encoding the whole prompt at once for every instruction without special-token text
+    (tests/core/test_prompts.py checks every template); a SentencePiece tokenizer (Llama's) starts
+    the instruction as a new word, the same way in training and serving. ``[INST]`` is not a
+    special token of either tokenizer: typed by a user, it stays text, as in any Llama-2 chat.
+    """
+    before, after = prompts.chat_prompt_parts()
+    with_offsets = offsets and tokenizer.is_fast
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for index, (text, user) in enumerate(((before, False), (instruction, True), (after, False))):
+        enc = tokenizer(
+            text,
+            add_special_tokens=index == 0,
+            split_special_tokens=user,
+            return_offsets_mapping=with_offsets,
+        )
+        ids.extend(enc["input_ids"])
+        if with_offsets:
+            spans.extend((a + start, b + start) for a, b in enc["offset_mapping"])
+        start += len(text)
+    return ids, (spans if with_offsets else None)
+
+
 def encode_example(
     tokenizer: PreTrainedTokenizerBase, instruction: str, answer: str | None, max_tokens: int
 ) -> dict[str, list[int]]:
     """Token ids and labels of one example; ``answer=None`` gives a generation prompt.
 
     The answer is cut (EOS kept) when prompt + answer exceed ``max_tokens``; a prompt that alone
-    exceeds it raises :class:`PromptTooLongError`.
+    exceeds it raises :class:`PromptTooLongError`. Instruction and answer are text, never special
+    tokens (see :func:`encode_prompt`).
     """
-    prompt_ids = tokenizer(prompts.chat_prompt(instruction), add_special_tokens=True)["input_ids"]
+    prompt_ids, _ = encode_prompt(tokenizer, instruction)
     if len(prompt_ids) > max_tokens - (1 if answer is None else 2):
         raise PromptTooLongError(f"prompt is {len(prompt_ids)} tokens; the limit is {max_tokens}")
     if answer is None:
         return {"input_ids": prompt_ids, "labels": [IGNORE_INDEX] * len(prompt_ids)}
-    answer_ids = tokenizer(prompts.chat_target(answer), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(prompts.chat_target(answer), add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+    ]
     answer_ids = answer_ids[: max_tokens - len(prompt_ids) - 1] + [tokenizer.eos_token_id]
     return {
         "input_ids": prompt_ids + answer_ids,
@@ -70,11 +108,9 @@ def prompt_regions(tokenizer: PreTrainedTokenizerBase, instruction: str) -> dict
             found["segment"] = (segment, match.end() - 1)
     if not found:
         return out
-    try:
-        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-    except (NotImplementedError, ValueError):
+    _, offsets = encode_prompt(tokenizer, instruction, offsets=True)
+    if offsets is None:
         return out
-    offsets = enc["offset_mapping"]
     for name, (value, char) in found.items():
         pos = next((i for i, (a, b) in enumerate(offsets) if a <= char < b), -1)
         if pos >= 0:

@@ -25,7 +25,9 @@ does not use are ignored, so that callers may pass whatever a sample has.
 
 The prompt follows the Llama-2-Chat template with the media placeholders ahead of the instruction;
 ``<image>`` and ``<audio>`` are later replaced by projected encoder tokens. The BOS and EOS tokens
-are added by the tokenizer code, not here.
+are added by the tokenizer code, not here. Instructions and answers are text: whatever they hold
+(``<image>``, ``</s>``, ``[INST]``) is tokenized as the characters it is, never as a placeholder or
+special token; :func:`meerkat_core.batching.encode_prompt` is where that is made so.
 """
 
 from __future__ import annotations
@@ -224,14 +226,26 @@ def render_instruction(
     return template.format(**values)
 
 
-def chat_prompt(instruction: str, *, system: str | None = SYSTEM_PROMPT) -> str:
-    """The Llama-2-Chat prompt for one user turn, media placeholders first; no BOS.
+def chat_prompt_parts(*, system: str | None = SYSTEM_PROMPT) -> tuple[str, str]:
+    """The template text before and after the instruction: ``chat_prompt(i) == before + i + after``.
 
-    ``system=None`` leaves out the ``<<SYS>>`` block.
+    The tokenizer code encodes the three pieces apart, so that the instruction (user text) can be
+    encoded with special tokens split (see :func:`meerkat_core.batching.encode_prompt`).
     """
     media = f"{IMAGE_TOKEN}\n{AUDIO_TOKEN}\n"
     system_block = "" if system is None else f"<<SYS>>\n{system}\n<</SYS>>\n\n"
-    return f"[INST] {system_block}{media}{instruction} [/INST]"
+    return f"[INST] {system_block}{media}", " [/INST]"
+
+
+def chat_prompt(instruction: str, *, system: str | None = SYSTEM_PROMPT) -> str:
+    """The Llama-2-Chat prompt for one user turn, media placeholders first; no BOS.
+
+    ``system=None`` leaves out the ``<<SYS>>`` block. The text only: placeholders or special
+    tokens written in ``instruction`` must not be tokenized from this string as a whole, see
+    :func:`meerkat_core.batching.encode_prompt`.
+    """
+    before, after = chat_prompt_parts(system=system)
+    return f"{before}{instruction}{after}"
 
 
 def chat_target(answer: str) -> str:

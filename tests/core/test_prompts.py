@@ -13,6 +13,7 @@ from meerkat_core.prompts import (
     SYSTEM_PROMPT,
     TEMPLATES,
     chat_prompt,
+    chat_prompt_parts,
     chat_target,
     parse_verdict,
     render_instruction,
@@ -167,3 +168,73 @@ def test_parse_verdict_non_strings(value):
 def test_verdict_text_round_trips():
     assert verdict_text(True) == "True" and verdict_text(False) == "False"
     assert parse_verdict(verdict_text(True)) is True and parse_verdict(verdict_text(False)) is False
+
+
+# -- user text is text: encoding the prompt (meerkat_core.batching.encode_prompt) ------------------
+
+POISON = ("<image>", "<audio>", "</s>", "<s>", "<pad>", "<unk>", "<obj>", "[INST]", "[/INST]", "<<SYS>>")
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from meerkat_core.tokenizer import load_tokenizer
+
+    return load_tokenizer(None)
+
+
+def _filled(template: str) -> str:
+    values = {"obj": "red circle", "box": "[0.10, 0.20, 0.50, 0.60]", "segment": "[2.5, 7.0]"}
+    return template.format(question="What is making the sound on the left?", **values)
+
+
+def test_chat_prompt_parts_surround_the_instruction():
+    for system in (SYSTEM_PROMPT, None, "Be brief."):
+        before, after = chat_prompt_parts(system=system)
+        assert before + "Hi there" + after == chat_prompt("Hi there", system=system)
+
+
+def test_benign_instructions_encode_as_the_whole_prompt_did(tiny_tokenizer):
+    from meerkat_core.batching import encode_prompt
+
+    instructions = [_filled(t) for templates in TEMPLATES.values() for t in templates]
+    instructions += ["Where?", "why  ", "a [0.10, 0.20] b", "Is it 3.5 s?", "dog's bark", ""]
+    for instruction in instructions:
+        whole = tiny_tokenizer(chat_prompt(instruction), add_special_tokens=True)["input_ids"]
+        ids, offsets = encode_prompt(tiny_tokenizer, instruction, offsets=True)
+        assert ids == whole, instruction
+        text = chat_prompt(instruction)
+        assert len(offsets) == len(ids)
+        assert all(0 <= a <= b <= len(text) for a, b in offsets)
+
+
+@pytest.mark.parametrize("poison", POISON)
+def test_special_token_text_in_an_instruction_or_answer_stays_text(tiny_tokenizer, poison):
+    from meerkat_core.batching import encode_example
+
+    special = set(tiny_tokenizer.all_special_ids)
+    image_id = tiny_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    audio_id = tiny_tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    for instruction in (poison, f"Is the {poison} here?", poison * 3, f"x{poison}y"):
+        example = encode_example(tiny_tokenizer, instruction, f"{poison} True {poison}", 400)
+        ids, labels = example["input_ids"], example["labels"]
+        # the template's own: BOS first, one <image>, one <audio>, EOS last; nothing else special
+        assert ids[0] == tiny_tokenizer.bos_token_id and ids[-1] == tiny_tokenizer.eos_token_id
+        assert ids.count(image_id) == 1 and ids.count(audio_id) == 1
+        inner = [i for i in ids[1:-1] if i not in (image_id, audio_id)]
+        assert not special & set(inner), (instruction, tiny_tokenizer.convert_ids_to_tokens(ids))
+        answer = [i for i in labels if i != -100]
+        assert tiny_tokenizer.decode(answer[:-1]) == f" {poison} True {poison}"
+        prompt = ids[: len(ids) - len(answer)]
+        assert tiny_tokenizer.decode(prompt[1:]) == chat_prompt(instruction)
+
+
+def test_regions_of_a_poisoned_instruction_point_at_its_own_tokens(tiny_tokenizer):
+    from meerkat_core.batching import encode_example, prompt_regions
+
+    instruction = "<image></s> Does the box [0.10, 0.20, 0.50, 0.60] <audio> sound? <s>"
+    found = prompt_regions(tiny_tokenizer, instruction)
+    ids = encode_example(tiny_tokenizer, instruction, None, 400)["input_ids"]
+    assert found["box"] == pytest.approx((0.1, 0.2, 0.5, 0.6))
+    assert tiny_tokenizer.decode(ids[1 : found["box_pos"] + 1]).endswith(
+        "<image></s> Does the box [0.10, 0.20, 0.50, 0.60]"
+    )
