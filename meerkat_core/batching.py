@@ -193,6 +193,44 @@ def ac_boxes(meta: dict[str, Any]) -> list[list[float]]:
     return []
 
 
+def front_ends(config: ModelConfig) -> tuple[media.ImagePreprocessor, media.AudioPreprocessor]:
+    """The image and audio front ends of a model config.
+
+    When the config names a checkpoint (``image.name_or_path``, ``audio.name_or_path``), the front
+    end is that checkpoint's (its ``preprocessor_config.json``, at the config's revision), and it
+    must agree with the config's own fields, which the rest of the pipeline reads (crop size and
+    patch grid, sampling rate, mel bins, hop, window length): a mismatch raises ValueError naming
+    the field. Without a checkpoint the config's fields build CLIP's and CLAP's default front ends.
+    """
+    i, a = config.image, config.audio
+    if i.name_or_path:
+        image = media.ImagePreprocessor.from_pretrained(i.name_or_path, i.revision)
+        if image.image_size != i.image_size:
+            raise ValueError(
+                f"{i.name_or_path} crops images to {image.image_size} px but model.image.image_size is "
+                f"{i.image_size}"
+            )
+    else:
+        image = media.ImagePreprocessor(i.image_size)
+    if a.name_or_path:
+        audio = media.AudioPreprocessor.from_pretrained(a.name_or_path, a.revision, num_windows=a.num_windows)
+        for name, theirs, ours in (
+            ("sampling_rate", audio.sampling_rate, a.sampling_rate),
+            ("num_mel_bins", audio.num_mel_bins, a.num_mel_bins),
+            ("hop_length", audio.hop_length, a.hop_length),
+            ("window_seconds", audio.window_samples / audio.sampling_rate, a.window_seconds),
+        ):
+            if theirs != ours:
+                raise ValueError(
+                    f"the front end of {a.name_or_path} has {name} {theirs} but model.audio.{name} is {ours}"
+                )
+    else:
+        audio = media.AudioPreprocessor(
+            a.sampling_rate, a.num_mel_bins, a.hop_length, a.window_seconds, a.num_windows
+        )
+    return image, audio
+
+
 class SamplePreprocessor:
     """One decoded-or-encoded sample -> the numpy arrays of one batch row.
 
@@ -205,12 +243,8 @@ class SamplePreprocessor:
     def __init__(self, config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        a = config.audio
-        self.image = media.ImagePreprocessor(config.image.image_size)
-        self.audio = media.AudioPreprocessor(
-            a.sampling_rate, a.num_mel_bins, a.hop_length, a.window_seconds, a.num_windows
-        )
-        self.max_audio_seconds = max(600.0, a.clip_seconds)
+        self.image, self.audio = front_ends(config)
+        self.max_audio_seconds = max(600.0, config.audio.clip_seconds)
 
     def __call__(
         self,

@@ -21,13 +21,24 @@ Decisions made here:
 - ``ImagePreprocessor`` is CLIP's resize-shortest-side (bicubic) + centre crop + normalise, written
   with PIL and numpy rather than calling ``CLIPImageProcessor``: in transformers 5 that class picks a
   torchvision backend when one is installed (different resize numerics on a cluster image than on a
-  laptop), and ``box_to_crop`` must use the very crop geometry the pixels went through. A test pins
-  the output to transformers' PIL backend exactly.
+  laptop), and ``box_to_crop`` must use the very crop geometry the pixels went through. Its
+  parameters (size, crop, mean/std, resample) come from a checkpoint's ``preprocessor_config.json``
+  with :meth:`ImagePreprocessor.from_pretrained` (read through transformers' PIL-backend CLIP
+  processor, which parses every layout of that file), and a test pins the output to that
+  processor's exactly. A checkpoint whose crop differs from its resize side, or that skips a step,
+  is refused: ``crop_geometry`` is the one geometry the boxes follow.
 - Boxes stay normalised to the ORIGINAL image everywhere in data and text. The encoder sees the
   centre crop, so the attention target on the patch grid is computed from ``box_to_crop``.
 - ``AudioPreprocessor`` cuts a clip into ``num_windows`` consecutive windows and computes CLAP's
-  log-mel of each with ``ClapFeatureExtractor`` (``rand_trunc``, ``pad``): every window handed to it
-  is exactly one window long, so its random crop never fires and features are deterministic.
+  log-mel of each with ``ClapFeatureExtractor``: the checkpoint's own
+  (:meth:`AudioPreprocessor.from_pretrained`, e.g. LAION's 50-14000 Hz and ``repeatpad``), or,
+  without a checkpoint, one built with ``rand_trunc`` and ``pad``. No window handed to it is longer
+  than one window, so its random crop never fires and features are deterministic. A window the clip
+  only partly covers is handed over at its real length, so the extractor's own padding fills it
+  (``pad``: silence; ``repeatpad``: the part repeated, as CLAP does for a short clip); windows past
+  the clip's end are silence. A clip of at most one window thus gets exactly the checkpoint
+  extractor's features. ``truncation="fusion"`` front ends (4 stacked views per clip, for LAION's
+  fused checkpoints) are refused: the encoder here is the non-fusion HTSAT over consecutive windows.
 """
 
 from __future__ import annotations
@@ -220,17 +231,53 @@ class ImagePreprocessor:
         image_size: int = 224,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
+        resample: Image.Resampling = Image.Resampling.BICUBIC,
+        rescale_factor: float = 1 / 255,
     ) -> None:
         self.image_size = image_size
+        self.resample = Image.Resampling(resample)
+        self.rescale_factor = rescale_factor
         self._mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)  # [3, 1, 1]
         self._std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)  # [3, 1, 1]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> ImagePreprocessor:
+        """The front end of a CLIP checkpoint (hub name or directory), from its ``preprocessor_config.json``.
+
+        Raises ValueError naming the setting when the checkpoint asks for something this class does
+        not do (no resize or crop, a crop other than the resized short side, no normalisation).
+        """
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        proc = CLIPImageProcessorPil.from_pretrained(name_or_path, revision=revision)
+        where = f"preprocessor_config.json of {name_or_path}"
+        for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+            if not getattr(proc, flag):
+                raise ValueError(f"{where}: {flag} is false; the CLIP front end here always does it")
+        side = proc.size.get("shortest_edge")
+        crop = (proc.crop_size.get("height"), proc.crop_size.get("width"))
+        if side is None or crop != (side, side):
+            raise ValueError(
+                f"{where}: size {dict(proc.size)} and crop_size {dict(proc.crop_size)} are not a resize of the "
+                "short side to S followed by an S x S centre crop"
+            )
+        return cls(
+            image_size=side,
+            mean=tuple(proc.image_mean),
+            std=tuple(proc.image_std),
+            resample=Image.Resampling(int(proc.resample)),
+            rescale_factor=float(proc.rescale_factor),
+        )
 
     def _one(self, image: Image.Image) -> np.ndarray:
         size = self.image_size
         resized_w, resized_h, left, top = crop_geometry(image.width, image.height, size)
-        resized = image.convert("RGB").resize((resized_w, resized_h), Image.Resampling.BICUBIC)
+        resized = image.convert("RGB").resize((resized_w, resized_h), self.resample)
         crop = resized.crop((left, top, left + size, top + size))
-        pixels = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) / 255.0  # [3, S, S]
+        # rescaled in float64 then cast, normalised in float32: the numerics of transformers' PIL backend
+        pixels = (np.asarray(crop, dtype=np.float64).transpose(2, 0, 1) * self.rescale_factor).astype(
+            np.float32
+        )  # [3, S, S]
         return (pixels - self._mean) / self._std
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -242,11 +289,37 @@ class ImagePreprocessor:
         return torch.from_numpy(batch)
 
 
+def _check_extractor(
+    extractor: ClapFeatureExtractor,
+    sampling_rate: int,
+    num_mel_bins: int,
+    hop_length: int,
+    window_samples: int,
+) -> None:
+    """Raise ValueError naming the setting where a CLAP feature extractor cannot serve these windows."""
+    if extractor.truncation == "fusion":
+        raise ValueError(
+            "CLAP front end has truncation='fusion' (a fused checkpoint's 4 stacked views); the audio "
+            "encoder here is the non-fusion HTSAT over consecutive windows: use an unfused checkpoint"
+        )
+    if extractor.padding not in ("pad", "repeat", "repeatpad"):
+        raise ValueError(f"CLAP front end padding {extractor.padding!r} is not pad, repeat or repeatpad")
+    for name, theirs, ours in (
+        ("sampling_rate", extractor.sampling_rate, sampling_rate),
+        ("feature_size", extractor.feature_size, num_mel_bins),
+        ("hop_length", extractor.hop_length, hop_length),
+        ("max_length_s * sampling_rate", extractor.nb_max_samples, window_samples),
+    ):
+        if int(theirs) != int(ours):
+            raise ValueError(f"CLAP front end {name} is {theirs}, the audio windows need {ours}")
+
+
 class AudioPreprocessor:
     """Mono waveforms at ``sampling_rate`` -> CLAP log-mel windows [B, W, 1, T, F] float32.
 
     Each clip is cut into ``num_windows`` consecutive windows of ``window_seconds``: a longer clip is
-    truncated to ``num_windows * window_seconds``, a shorter one zero-padded. T is
+    truncated to ``num_windows * window_seconds``; in a shorter one the window it partly covers is
+    padded by the extractor's ``padding`` and the windows after it are silence. T is
     ``frames_per_window`` (1001 for 10 s at hop 480) and F is ``num_mel_bins``.
     """
 
@@ -257,7 +330,11 @@ class AudioPreprocessor:
         hop_length: int = 480,
         window_seconds: float = 10.0,
         num_windows: int = 1,
+        *,
+        extractor: ClapFeatureExtractor | None = None,
     ) -> None:
+        """``extractor``: a checkpoint's own (see :meth:`from_pretrained`); its settings must agree
+        with the other arguments. ``None``: CLAP's defaults with ``rand_trunc`` and ``pad``."""
         window_samples = window_seconds * sampling_rate
         if window_samples <= 0 or window_samples != int(window_samples):
             raise ValueError(
@@ -268,16 +345,36 @@ class AudioPreprocessor:
         self.sampling_rate = sampling_rate
         self.num_windows = num_windows
         self.window_samples = int(window_samples)
-        self._extractor = ClapFeatureExtractor(
-            feature_size=num_mel_bins,
-            sampling_rate=sampling_rate,
-            hop_length=hop_length,
-            max_length_s=window_seconds,
-            truncation="rand_trunc",
-            padding="pad",
-        )
+        if extractor is None:
+            extractor = ClapFeatureExtractor(
+                feature_size=num_mel_bins,
+                sampling_rate=sampling_rate,
+                hop_length=hop_length,
+                max_length_s=window_seconds,
+                truncation="rand_trunc",
+                padding="pad",
+            )
+        _check_extractor(extractor, sampling_rate, num_mel_bins, hop_length, self.window_samples)
+        self._extractor = extractor
         self.num_mel_bins = num_mel_bins
         self.hop_length = hop_length
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, revision: str | None = None, *, num_windows: int = 1
+    ) -> AudioPreprocessor:
+        """The front end of a CLAP checkpoint (hub name or directory): its ``ClapFeatureExtractor``
+        from ``preprocessor_config.json`` (rate, mels, hop, FFT, frequency range, padding), over
+        ``num_windows`` windows of its ``max_length_s``."""
+        extractor = ClapFeatureExtractor.from_pretrained(name_or_path, revision=revision)
+        return cls(
+            sampling_rate=int(extractor.sampling_rate),
+            num_mel_bins=int(extractor.feature_size),
+            hop_length=int(extractor.hop_length),
+            window_seconds=float(extractor.max_length_s),
+            num_windows=num_windows,
+            extractor=extractor,
+        )
 
     @property
     def frames_per_window(self) -> int:
@@ -286,16 +383,15 @@ class AudioPreprocessor:
 
     def __call__(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
         """[B, W, 1, T, F] float32 from B mono waveforms [T_b]; an empty sequence gives B = 0."""
-        clip_samples = self.num_windows * self.window_samples
+        n = self.window_samples
         windows = []
         for wave in waveforms:
             wave = np.asarray(wave, dtype=np.float32)
             if wave.ndim != 1:
                 raise ValueError(f"expected a mono waveform [T], got shape {wave.shape}")
-            clip = np.zeros(clip_samples, dtype=np.float32)  # [W * window]
-            used = min(len(wave), clip_samples)
-            clip[:used] = wave[:used]
-            windows.extend(np.split(clip, self.num_windows))  # W x [window]
+            for w in range(self.num_windows):
+                part = wave[w * n : (w + 1) * n]  # [<= window]; the extractor pads a short one
+                windows.append(part if len(part) else np.zeros(n, dtype=np.float32))
         shape = (len(waveforms), self.num_windows, 1, self.frames_per_window, self.num_mel_bins)
         if not windows:
             return torch.zeros(shape, dtype=torch.float32)
