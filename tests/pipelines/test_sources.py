@@ -154,11 +154,11 @@ def test_find_frame_prefers_a_chosen_frame_then_the_folder_frame_at_a_time(tmp_p
 
 def test_pairing_table_is_well_formed():
     classes = load_pairing_table()
-    assert 40 <= len(classes) <= 100
+    assert 40 <= len(classes) <= 150
     assert len({c.mid for c in classes}) == len(classes)
     assert len({c.name for c in classes}) == len(classes)
     voc = {"aeroplane", "bicycle", "bird", "boat", "bus", "car", "cat", "cow", "dog", "horse"}
-    voc |= {"motorbike", "sheep", "train", "tvmonitor"}
+    voc |= {"motorbike", "person", "sheep", "train", "tvmonitor"}
     assert {c.voc for c in classes if c.voc} == voc
     for c in classes:
         assert c.mid.startswith("/m/"), c
@@ -167,6 +167,9 @@ def test_pairing_table_is_well_formed():
     by_name = {c.name: c for c in classes}
     assert "/m/0bt9lr" in by_name["Dog"].audioset_mids
     assert "eletric blender running" in by_name["Blender"].vggsound_labels  # VGGSound's own typo
+    # People and speech: a Person takes any voice, a Man only a man's.
+    assert {"/m/09x0r", "/m/05zppz", "/m/02zsn"} <= by_name["Person"].audioset_mids
+    assert "/m/02zsn" not in by_name["Man"].audioset_mids
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,7 +447,7 @@ def test_pascal_sound_converts_one_based_pixels_with_the_image_header_size(tmp_p
     assert got["pascal_sound-000004-car-arig"]["audio"].name == "-1pRmoJIGQc_000010.wav"
     # The third car box reaches x = 600 of 500; the dog has no VGGSound test clip; 000006.jpg and
     # the car clip -3YWuPXHknk_000030 are missing.
-    assert stats == Counter(bad_box=1, no_pair=1, missing_media=2)
+    assert stats == Counter(bad_box=1, no_pair=2, missing_media=2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -528,6 +531,19 @@ def test_llp_samples_score_per_video_through_evaluation(tmp_path):
     assert scores["event_f1"] == pytest.approx((4 + 0.5) / 5)
 
 
+def test_pascal_sound_leaves_difficult_objects_out(tmp_path):
+    root = _pascal(tmp_path)
+    annotation = root / "VOCdevkit" / "VOC2007" / "Annotations" / "000004.xml"
+    text = annotation.read_text()
+    # The first car becomes difficult: it leaves the ground truth and cannot be the answer.
+    annotation.write_text(text.replace("<difficult>0</difficult>", "<difficult>1</difficult>", 1))
+    assert "<difficult>1</difficult>" in annotation.read_text()
+    samples, stats = _run("pascal_sound", root, "test")
+    car = _by_key(samples)["pascal_sound-000004-car-arig"]["json"]
+    assert car["boxes"] == [[361 / 500, 329 / 375, 1.0, 1.0]]
+    assert stats["difficult"] == 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # Open Images x AudioSet
 
@@ -576,7 +592,7 @@ def test_openimages_audioset_pairs_boxes_with_matching_clips(tmp_path):
     samples, stats = _run("openimages_audioset", root, "train")
     arigs = {s["__key__"]: s for s in samples if s["json"]["task"] == "arig"}
     facts = [s for s in samples if s["json"]["task"] == "avfact"]
-    expected = {  # in table order: Dog, Goat, Man, Guitar
+    expected = {  # in table order: Dog, Goat, Person, Man, Guitar
         "openimages_audioset-00a3f1c5e9b2d471-dog-arig": (
             [[0.1, 0.2, 0.6, 0.9], [0.65, 0.3, 0.95, 0.7]],  # XMin,XMax,YMin,YMax reordered
             "[0.10, 0.20, 0.60, 0.90]",
@@ -586,6 +602,16 @@ def test_openimages_audioset_pairs_boxes_with_matching_clips(tmp_path):
             [[0.3, 0.25, 0.7, 0.95]],
             "[0.30, 0.25, 0.70, 0.95]",
             "--aE2O5G5WE_0",
+        ),
+        # The three real person rows of the V6 file; speech clips pair with them now.
+        "openimages_audioset-000002b66c9c498e-person-arig": (
+            [
+                [0.0125, 0.148438, 0.195312, 0.5875],
+                [0.025, 0.714063, 0.276563, 0.948438],
+                [0.151562, 0.198437, 0.310937, 0.590625],
+            ],
+            "[0.01, 0.15, 0.20, 0.59]",  # the largest (0.183 x 0.439)
+            "-0SdAVK79lg_30000",  # Speech + male speech; --aE2O5G5WE_0 (Speech) is the other one
         ),
         "openimages_audioset-00a3f1c5e9b2d471-man-arig": (
             [[0.05, 0.0, 0.35, 0.85]],
@@ -611,10 +637,33 @@ def test_openimages_audioset_pairs_boxes_with_matching_clips(tmp_path):
     assert [f["__key__"] for f in facts] == [k.replace("-arig", "-avfact") for k in expected]
     pools = {"Dog": {"-1LrH01Ei1w_100000"}, "Goat": {"--aE2O5G5WE_0"}, "Man": {"-0SdAVK79lg_30000"}}
     pools["Guitar"] = {"-5QrBL6MzLg_170000"}
+    pools["Person"] = {"--aE2O5G5WE_0", "-0SdAVK79lg_30000"}
     _check_facts(facts, arigs, pools)
-    # The depicted guitar; image 00d2b6f8c1e3a759 and clip -2PDE7hUArE_12500 are missing; no
-    # accordion clip for 00e9a3c7d5b1f284. Person boxes are not in the table and are not counted.
-    assert stats == Counter(depiction=1, missing_media=2, no_pair=1)
+    # The depicted guitar; image 00d2b6f8c1e3a759 and the clips -2PDE7hUArE_12500 (dog),
+    # --PJHxphWEs_30000 (speech), --ZhevVpy1s_50000 (toothbrush) and --aO5cdqSAg_30000 (male and
+    # child singing) are missing; no accordion clip for 00e9a3c7d5b1f284.
+    assert stats == Counter(depiction=1, missing_media=5, no_pair=1)
+
+
+def test_openimages_group_boxes_stay_in_the_ground_truth_but_are_never_the_answer(tmp_path):
+    root = _openimages_audioset(tmp_path)
+    boxes = root / "openimages" / "oidv6-train-annotations-bbox.csv"
+    tail = ",0,0,1,0,0" + ",0" * 8  # IsOccluded, IsTruncated, IsGroupOf=1, IsDepiction, IsInside, XClicks
+    with open(boxes, "a", encoding="utf-8") as stream:
+        # A pack of dogs over most of the dog image (larger than either dog), and a goat image whose
+        # only goats are a herd.
+        stream.write("00a3f1c5e9b2d471,xclick,/m/0bt9lr,1,0.000000,1.000000,0.100000,1.000000" + tail + "\n")
+        stream.write("00f1a2b3c4d5e6f7,xclick,/m/03fwl,1,0.100000,0.900000,0.100000,0.900000" + tail + "\n")
+    _image(root / "openimages" / "train" / "00f1a2b3c4d5e6f7.jpg")
+    samples, stats = _run("openimages_audioset", root, "train")
+    dog = _by_key(samples)["openimages_audioset-00a3f1c5e9b2d471-dog-arig"]["json"]
+    assert dog["boxes"] == [[0.1, 0.2, 0.6, 0.9], [0.65, 0.3, 0.95, 0.7], [0.0, 0.1, 1.0, 1.0]]
+    assert dog["answer"] == "[0.10, 0.20, 0.60, 0.90]"  # the largest single dog, not the pack
+    fact = _by_key(samples)["openimages_audioset-00a3f1c5e9b2d471-dog-avfact"]["json"]
+    if fact["fact_type"] == 1:
+        assert fact["boxes"] == [[0.1, 0.2, 0.6, 0.9]]
+    assert not any("00f1a2b3c4d5e6f7" in s["__key__"] for s in samples)
+    assert stats["group_only"] == 1
 
 
 def test_openimages_audioset_facts_cover_both_types_and_verdicts_over_seeds(tmp_path):
@@ -626,6 +675,7 @@ def test_openimages_audioset_facts_cover_both_types_and_verdicts_over_seeds(tmp_
         facts = [s for s in samples if s["json"]["task"] == "avfact"]
         pools = {"Dog": {"-1LrH01Ei1w_100000"}, "Goat": {"--aE2O5G5WE_0"}, "Man": {"-0SdAVK79lg_30000"}}
         pools["Guitar"] = {"-5QrBL6MzLg_170000"}
+        pools["Person"] = {"--aE2O5G5WE_0", "-0SdAVK79lg_30000"}
         _check_facts(facts, arigs, pools)
         seen |= {(f["json"]["fact_type"], f["json"]["label"]) for f in facts}
     assert seen == {(1, True), (1, False), (4, True), (4, False)}
@@ -657,8 +707,9 @@ def test_openimages_vggsound_matches_vggsound_labels_verbatim(tmp_path):
         "openimages_vggsound-02c8e1b5d9a4f370-blender-arig": ([[0.4, 0.2, 0.6, 0.7]], "-2zHCY2q4DA_000139"),
     }
     # The violin clip --iY3Bf4hDg_000030 ("playing violin, fiddle", quoted) and the woman clip
-    # --9O4XZOge4_000030 have no audio file; no violin clip is left for 04e3b8a1c6d2f957.
-    assert stats == Counter(missing_media=2, no_pair=1)
+    # --9O4XZOge4_000030 have no audio file, nor has the (real) person image 000002b66c9c498e; no
+    # violin clip is left for 04e3b8a1c6d2f957.
+    assert stats == Counter(missing_media=3, no_pair=1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,11 @@ Layout shared by the pairing sources (one ``root`` can serve all of them)::
 Open Images boxes are read by column name, so the V6 and V4/V5 layouts both work; they are
 normalised in the order **XMin, XMax, YMin, YMax** and reordered to ``[x1, y1, x2, y2]``. Boxes
 flagged ``IsDepiction=1`` (drawings, toys, statues) cannot make the sound and are dropped
-(``depiction``); ``-1`` (unknown) is kept. AudioSet segment CSVs have three ``#`` lines, a comma-plus-space separator and
+(``depiction``); ``-1`` (unknown) is kept. A box flagged ``IsGroupOf=1`` spans a group of objects
+(a crowd, a row of cars): as in the Open Images evaluation, where a detection inside a group box is
+not a false positive, it stays in the ground truth (``boxes``), but it is never the answer or the
+box a statement names, which point at one object (``BoxedImage.single``); a class an image shows
+only as groups gives no record there (``group_only``). AudioSet segment CSVs have three ``#`` lines, a comma-plus-space separator and
 quoted, comma-joined labels. Candidates whose media file is missing are left out of the pools and
 counted once each under ``missing_media``; a record for which no partner is left is counted under
 ``no_pair``.
@@ -34,7 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.avfit.sources._common import Box, clean_box, read_rows, sanitise_id
+from pipelines.avfit.sources._common import Box, clean_box, largest_box, read_rows, sanitise_id
 
 PAIRING_TABLE = Path(__file__).resolve().parent.parent / "pairing_table.tsv"
 
@@ -69,11 +73,21 @@ class PairClass:
 
 @dataclass(frozen=True)
 class BoxedImage:
-    """An image and the normalised boxes of one class in it."""
+    """An image and the normalised boxes of one class in it.
+
+    ``boxes`` are all of them (the ground truth's extent); ``single`` those not flagged
+    ``IsGroupOf``, one object each, which an answer or a statement may name.
+    """
 
     image_id: str
     path: Path
     boxes: tuple[Box, ...]
+    single: tuple[Box, ...]
+
+    @property
+    def answer_box(self) -> Box:
+        """The largest single-object box: what "where is the sound source?" is answered with."""
+        return largest_box(self.single)
 
 
 def _cell(value: str) -> frozenset[str]:
@@ -107,7 +121,7 @@ def read_openimages(
     if path is None:
         raise FileNotFoundError(f"none of {_OPENIMAGES_FILES[split]} under {base}")
     wanted = {c.mid for c in classes}
-    boxes: dict[tuple[str, str], list[Box]] = defaultdict(list)
+    boxes: dict[tuple[str, str], list[tuple[Box, bool]]] = defaultdict(list)  # (box, is group)
     with open(path, newline="", encoding="utf-8") as stream:
         for row in csv.DictReader(stream):
             if row["LabelName"] not in wanted:
@@ -117,18 +131,22 @@ def read_openimages(
                 continue
             box = clean_box((row["XMin"], row["YMin"], row["XMax"], row["YMax"]), stats)
             if box is not None:
-                boxes[(row["ImageID"], row["LabelName"])].append(box)
+                boxes[(row["ImageID"], row["LabelName"])].append((box, row["IsGroupOf"] == "1"))
     image_dir = base / _OPENIMAGES_DIRS[split]
     present: dict[str, bool] = {}
     pools: dict[str, list[BoxedImage]] = defaultdict(list)
     for image_id, mid in sorted(boxes):
+        found = boxes[(image_id, mid)]
+        single = tuple(box for box, group in found if not group)
+        if not single:
+            stats["group_only"] += 1
+            continue
         if image_id not in present:
             present[image_id] = (image_dir / f"{image_id}.jpg").is_file()
             stats["missing_media"] += not present[image_id]
         if present[image_id]:
-            pools[mid].append(
-                BoxedImage(image_id, image_dir / f"{image_id}.jpg", tuple(boxes[(image_id, mid)]))
-            )
+            path_ = image_dir / f"{image_id}.jpg"
+            pools[mid].append(BoxedImage(image_id, path_, tuple(box for box, _ in found), single))
     return pools
 
 

@@ -33,7 +33,6 @@ from pipelines.avfit.sources._common import (
     Segment,
     check_split,
     clean_segment,
-    largest_box,
     media_present,
     merge_segments,
     read_rows,
@@ -117,7 +116,7 @@ def iter_samples(
             if segment is None:
                 stats["no_negative"] += 1
                 label, segment = True, rng.choice(segments)
-            what = {"obj": c.obj} if fact_type == 2 else {"box": largest_box(item.boxes)}
+            what = {"obj": c.obj} if fact_type == 2 else {"box": item.answer_box}
             fact = writer.avfact(
                 record_id,
                 item.path,

@@ -8,7 +8,8 @@ pair Open Images validation / test with ``eval_segments.csv``.
 For every image and every table class with a box in it (boxes of a class in one image are kept
 together), a clip carrying one of the class's AudioSet labels is drawn, and two samples are made:
 
-- ``arig``: the boxes of the class, answered with the largest;
+- ``arig``: the boxes of the class, answered with the largest single-object one (group boxes stay in
+  the ground truth, see ``_pairing``);
 - ``avfact`` of type 1 (``Does the object in {box} make the sound?``, the largest box) or type 4
   (``Is the sound source visible?``), drawn at random, with a True or False verdict drawn at random.
   A False statement swaps in a clip of another class that carries none of this class's labels and is
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipelines.avfit.sources._common import Sample, SampleWriter, check_split, largest_box, rng_for
+from pipelines.avfit.sources._common import Sample, SampleWriter, check_split, rng_for
 from pipelines.avfit.sources._pairing import (
     AudioPools,
     load_pairing_table,
@@ -77,6 +78,7 @@ def iter_samples(
                 pools.path(clip),
                 boxes,
                 rng,
+                answer_box=item.answer_box,
                 audio_id=clip,
                 paired=True,
                 label_text=c.name,
@@ -89,7 +91,7 @@ def iter_samples(
             if fact_clip is None:
                 stats["no_negative"] += 1
                 label, fact_clip = True, clip
-            statement = {"box": largest_box(boxes)} if fact_type == 1 else {}
+            statement = {"box": item.answer_box} if fact_type == 1 else {}
             extra = {"boxes": boxes} if fact_type == 4 and label else {}
             fact = writer.avfact(
                 record_id,

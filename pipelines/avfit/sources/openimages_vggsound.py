@@ -7,7 +7,8 @@ matched verbatim by the lookup table. Splits: train pairs Open Images train with
 clips, test pairs Open Images test with VGGSound test clips.
 
 For every image and every table class with a box in it, a VGGSound clip of one of the class's labels
-is drawn; the sample holds all boxes of the class and answers with the largest.
+is drawn; the sample holds all boxes of the class and answers with the largest single-object one
+(``IsGroupOf`` boxes stay in the ground truth only, see ``_pairing``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def iter_samples(
                 pools.path(clip),
                 list(item.boxes),
                 rng,
+                answer_box=item.answer_box,
                 audio_id=clip,
                 paired=True,
                 label_text=c.name,

@@ -14,6 +14,11 @@ VOC boxes are **1-based inclusive integer pixels** (xmin, ymin, xmax, ymax): pix
 by the size read from the JPEG header (the XML's ``size`` is not trusted). One sample is made per
 image and sounding VOC class present (all boxes of that class, answered with the largest), with a
 VGGSound test clip of a matching label.
+
+Objects flagged ``difficult`` are excluded, as the VOC evaluation excludes them from its scores:
+they are neither the answer nor part of the ground truth, and a class present only as difficult
+objects makes no sample. (VOC ignores a detection of a difficult object; a pixel map has no
+"ignore", so a prediction on one counts as background here.)
 """
 
 from __future__ import annotations
@@ -39,11 +44,20 @@ NAME = "pascal_sound"
 SPLITS = ("test",)
 
 
-def read_objects(path: Path) -> tuple[str, dict[str, list[tuple[int, int, int, int]]]]:
-    """``(filename, class -> [(xmin, ymin, xmax, ymax)])`` of one VOC annotation, VOC pixels."""
+def read_objects(
+    path: Path, stats: Counter | None = None
+) -> tuple[str, dict[str, list[tuple[int, int, int, int]]]]:
+    """``(filename, class -> [(xmin, ymin, xmax, ymax)])`` of one VOC annotation, VOC pixels.
+
+    Objects marked ``<difficult>1</difficult>`` are left out (counted as ``difficult``).
+    """
     root = ET.parse(path).getroot()
     objects: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
     for node in root.iter("object"):
+        if (node.findtext("difficult") or "0").strip() == "1":
+            if stats is not None:
+                stats["difficult"] += 1
+            continue
         bndbox = node.find("bndbox")
         coords = tuple(int(float(bndbox.findtext(tag))) for tag in ("xmin", "ymin", "xmax", "ymax"))
         objects[node.findtext("name").strip()].append(coords)
@@ -79,7 +93,7 @@ def iter_samples(
         if not annotation.is_file():
             stats["missing_annotation"] += 1
             continue
-        filename, objects = read_objects(annotation)
+        filename, objects = read_objects(annotation, stats)
         sounding = [name for name in objects if name in classes]
         image = voc / "JPEGImages" / filename
         if not sounding or not media_present(stats, image):
