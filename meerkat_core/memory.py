@@ -11,14 +11,15 @@ HTSAT, Llama with the vocabulary rows its tokenizer needs, peft's LoRA, AVACE, t
 
 Weights, gradients and optimizer state, per GPU with ``N`` workers:
 
-* ``fsdp``: the frozen LLM base in bf16, sharded 1/N per decoder layer; while a layer runs, its
-  unsharded bf16 parameters are all-gathered, with the next layer prefetched: two layers in flight.
-  The LLM's other parameters (embeddings, final norm, output head) and the adapter sit in the root
-  unit, which FSDP2 keeps unsharded from forward through backward (``fully_shard`` sets
+* ``fsdp``: the frozen LLM base in ``config.base_dtype`` (bf16 in ``paper``), sharded 1/N per
+  decoder layer; while a layer runs, its unsharded parameters are all-gathered in bf16 (FSDP's
+  mixed-precision ``param_dtype``), with the next layer prefetched: two layers in flight. The LLM's
+  other parameters (embeddings, final norm, output head) and the adapter sit in the root unit,
+  which FSDP2 keeps unsharded from forward through backward (``fully_shard`` sets
   ``reshard_after_forward=False`` on the root), so they count in full plus their 1/N shard. The
-  encoders are frozen and replicated in fp32 (``build_model`` casts only the LLM). Trainable
-  parameters are fp32 masters with fp32 gradients and AdamW's two fp32 moments, all sharded 1/N.
-* ``ddp``: everything replicated: the base in bf16, trainable fp32 weights, their gradients twice
+  encoders are frozen and replicated in the base dtype. Trainable parameters are fp32 masters
+  with fp32 gradients and AdamW's two fp32 moments, all sharded 1/N.
+* ``ddp``: everything replicated: the base in its dtype, trainable fp32 weights, their gradients twice
   (``param.grad`` and DDP's flat all-reduce buckets: Ray's ``prepare_model`` keeps DDP's default
   ``gradient_as_bucket_view=False``) and AdamW's moments.
 
@@ -216,9 +217,8 @@ def _avace_params(config: ModelConfig) -> int:
         + d  # audio input: LayerNorm + Linear
         + 2 * 4 * (d * d + d)  # two cross-attentions
         + 2 * 2 * d  # their LayerNorms
-        + d  # sound embedding
-        + where_features * d
-        + d  # the implied box's projection
+        + (d if config.avace.map_tokens else 0)  # sound embedding
+        + ((where_features + 1) * d if config.avace.map_box_tokens else 0)  # the implied box's projection
     )
 
 
@@ -262,6 +262,11 @@ def parameter_counts(config: ModelConfig, *, vocab_rows: int | None = None) -> P
         llm_other_trainable=other_trainable,
         adapter=adapter,
     )
+
+
+def base_bytes(config: ModelConfig) -> int:
+    """Bytes per frozen base parameter (encoders and the LLM's base): ``config.base_dtype``."""
+    return BF16 if config.base_dtype == "bfloat16" else FP32
 
 
 def training_seq_len(config: ModelConfig) -> int:
@@ -377,22 +382,23 @@ def estimate(
     p = parameter_counts(config, vocab_rows=vocab_rows)
     n = workers if strategy == "fsdp" else 1
     layer_params = p.llm_layer_frozen + p.llm_layer_trainable
+    base = base_bytes(config)
     if strategy == "fsdp":
         # decoder layers sharded; the root unit (LLM's other parameters, adapter) unsharded all
-        # step plus its shard; two layers' bf16 parameters all-gathered at a time
+        # step plus its shard; two layers' parameters all-gathered in bf16 at a time
         frozen = (
-            BF16 * p.llm_layers * p.llm_layer_frozen / n
-            + BF16 * p.llm_other_frozen * (1 + 1 / n)
+            base * p.llm_layers * p.llm_layer_frozen / n
+            + base * p.llm_other_frozen * (1 + 1 / n)
             + 2 * BF16 * layer_params
         )
         trainable = FP32 * p.trainable / n + BF16 * (p.llm_other_trainable + p.adapter)
         # sharded fp32 gradients, and one layer's unsharded gradients before its reduce-scatter
         grads = FP32 * p.trainable / n + FP32 * p.llm_layer_trainable
     else:
-        frozen = BF16 * (p.llm_layers * p.llm_layer_frozen + p.llm_other_frozen)
+        frozen = base * (p.llm_layers * p.llm_layer_frozen + p.llm_other_frozen)
         trainable = FP32 * p.trainable
         grads = 2 * FP32 * p.trainable  # param.grad + DDP's buckets
-    frozen += FP32 * (p.image_encoder + p.audio_encoder)
+    frozen += base * (p.image_encoder + p.audio_encoder)
     optimizer = 2 * FP32 * p.trainable / n
 
     tokens = micro_batch * seq_len

@@ -18,8 +18,11 @@ from meerkat_core.model import build_model, count_parameters
 LAYER = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096  # 202,383,360 per decoder layer
 LORA_LAYER = 4 * 32 * (4096 + 4096)  # 1,048,576
 EMBED_HEAD_NORM = 2 * 32064 * 4096 + 4096  # Llama's 32,000 + 3 placeholders, padded to 64
-ENCODERS = 85_799_424 + 27_534_488  # CLIP ViT-B/16 vision tower + CLAP HTSAT (pinned below)
-ADAPTER = 5_962_752 + 2 * (768 * 4096 + 4096)  # AVACE + the two projections
+ENCODERS = 85_799_424 + 27_534_488  # CLIP ViT-B/16 vision tower + CLAP HTSAT (pinned below), bf16 base
+AVACE = (
+    2 * (2 * 768 + 768 * 768 + 768) + 2 * 4 * (768 * 768 + 768) + 2 * 2 * 768
+)  # no map/box tokens in paper
+ADAPTER = AVACE + 2 * (768 * 4096 + 4096)  # AVACE + the two projections
 TRAINABLE = 32 * LORA_LAYER + ADAPTER
 SEQ = 512 - 2 + 196 + 64  # text with its two placeholders replaced by image and audio tokens
 LAYER_ACT = 28 * 4096 + 6 * 11008 + 8 * 32 + 4 * 32 + 8  # bytes per token, see memory.py
@@ -52,7 +55,7 @@ def test_paper_parameter_counts_match_the_built_model(paper_meta):
     _check_counts(paper_meta, counts)
     assert counts.image_encoder == 85_799_424 and counts.audio_encoder == 27_534_488
     assert counts.llm_layer_frozen == LAYER and counts.llm_layer_trainable == LORA_LAYER
-    assert counts.trainable == TRAINABLE == 45_816_832
+    assert counts.trainable == TRAINABLE == 45_766_144
 
 
 def test_tiny_parameter_counts_match_the_built_model():
@@ -145,7 +148,7 @@ def test_paper_estimate_by_hand_fsdp():
     e = memory.estimate(PAPER, micro_batch=2, workers=8, strategy="fsdp")
     assert (e.seq_len, e.workers, e.strategy, e.activation_checkpointing) == (SEQ, 8, "fsdp", False)
     frozen = (
-        2 * 32 * LAYER / 8 + 2 * EMBED_HEAD_NORM * (1 + 1 / 8) + 2 * 2 * (LAYER + LORA_LAYER) + 4 * ENCODERS
+        2 * 32 * LAYER / 8 + 2 * EMBED_HEAD_NORM * (1 + 1 / 8) + 2 * 2 * (LAYER + LORA_LAYER) + 2 * ENCODERS
     )
     assert e.frozen_weights == int(frozen)
     assert e.trainable_weights == int(4 * TRAINABLE / 8 + 2 * ADAPTER)
@@ -163,7 +166,7 @@ def test_paper_estimate_by_hand_fsdp():
 
 def test_paper_estimate_by_hand_ddp_and_checkpointing():
     e = memory.estimate(PAPER, micro_batch=1, workers=4, strategy="ddp", activation_checkpointing=True)
-    assert e.frozen_weights == 2 * (32 * LAYER + EMBED_HEAD_NORM) + 4 * ENCODERS  # nothing sharded
+    assert e.frozen_weights == 2 * (32 * LAYER + EMBED_HEAD_NORM) + 2 * ENCODERS  # nothing sharded, bf16
     assert e.trainable_weights == 4 * TRAINABLE
     assert e.gradients == 2 * 4 * TRAINABLE
     assert e.optimizer == 8 * TRAINABLE
