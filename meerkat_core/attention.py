@@ -14,9 +14,13 @@ The module (paper §3.2, Algorithm 1 line 3: ``z̃_I, z̃_A, A^c = AVACE(z_I, z_
    ``[B, h, w]`` (14×14 for ViT-B/16);
 3. image→audio attention: every patch queries the audio tokens, so image tokens carry what they
    sound like, and audio tokens get the visual context of step 2 (both residual, with LayerNorm);
-4. writes the map back into the image tokens, two ways, so that the LLM reads *where the sound
-   is* directly from the box-supervised map — the lever that lets the attention-consistency loss
-   change what the model says, not only its attention:
+4. optionally (neither is in the paper; each has its own switch, ``map_tokens`` and
+   ``map_box_tokens`` of :class:`~meerkat_core.config.AVACEConfig`: both on in the ``tiny``
+   preset, both off in ``paper``; with both off the module has no parameters for them and the
+   image tokens are ``LayerNorm(img + img_ctx)`` of step 3 alone), writes the map back into the
+   image tokens, two ways, so that the LLM reads *where the sound is* directly from the
+   box-supervised map — the lever that lets the attention-consistency loss change what the model
+   says, not only its attention:
 
    * locally, ``A^c(k) · e_sound`` (a learned vector) on patch k: which patches sound;
    * globally, the box the map implies (:func:`map_box`): Eq. 3 is minimised by a map spread
@@ -143,10 +147,21 @@ class AVACE(nn.Module):
     """Cross-modal attention adapter between audio tokens and the image patch grid."""
 
     def __init__(
-        self, img_dim: int, aud_dim: int, dim: int, num_heads: int, grid: int, dropout: float = 0.0
+        self,
+        img_dim: int,
+        aud_dim: int,
+        dim: int,
+        num_heads: int,
+        grid: int,
+        dropout: float = 0.0,
+        *,
+        map_tokens: bool = True,
+        map_box_tokens: bool = True,
     ) -> None:
         super().__init__()
         self.grid = grid
+        self.map_tokens = map_tokens
+        self.map_box_tokens = map_box_tokens
         self.img_in = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, dim))
         self.aud_in = nn.Sequential(nn.LayerNorm(aud_dim), nn.Linear(aud_dim, dim))
         self.register_buffer("img_pos", sincos_2d(grid, grid, dim), persistent=False)  # [M, d]
@@ -154,10 +169,12 @@ class AVACE(nn.Module):
         self.img_to_aud = _CrossAttention(dim, num_heads, dropout)
         self.norm_img = nn.LayerNorm(dim)
         self.norm_aud = nn.LayerNorm(dim)
-        self.sound_embed = nn.Parameter(torch.zeros(dim))
-        self.where = nn.Linear(4 * 2 * WHERE_FREQUENCIES, dim)
-        nn.init.zeros_(self.where.weight)
-        nn.init.zeros_(self.where.bias)
+        if map_tokens:
+            self.sound_embed = nn.Parameter(torch.zeros(dim))
+        if map_box_tokens:
+            self.where = nn.Linear(4 * 2 * WHERE_FREQUENCIES, dim)
+            nn.init.zeros_(self.where.weight)
+            nn.init.zeros_(self.where.bias)
 
     def forward(self, z_img: torch.Tensor, z_aud: torch.Tensor) -> AVACEOutput:
         """``z_img [B, M, D_I]`` patch tokens (no CLS, row-major grid), ``z_aud [B, N, D_A]``."""
@@ -172,8 +189,11 @@ class AVACE(nn.Module):
         attn = dist / dist.amax(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, M] in [0, 1]
         img_ctx, _ = self.img_to_aud(img_pos, aud)  # [B, M, d]
         box = map_box(attn.float() ** MAP_BOX_POWER, self.grid)  # [B, 4]
-        where = self.where(fourier_features(box).to(img.dtype))  # [B, d]
-        img_out = self.norm_img(img_pos + img_ctx) + attn.unsqueeze(-1) * self.sound_embed + where[:, None]
+        img_out = self.norm_img(img_pos + img_ctx)  # [B, M, d]
+        if self.map_tokens:
+            img_out = img_out + attn.unsqueeze(-1) * self.sound_embed
+        if self.map_box_tokens:
+            img_out = img_out + self.where(fourier_features(box).to(img.dtype))[:, None]  # + [B, 1, d]
         aud_out = self.norm_aud(aud + aud_ctx)
         return AVACEOutput(
             img=img_out,

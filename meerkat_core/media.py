@@ -18,8 +18,9 @@ Decisions made here:
   trimmed length, so RIFF chunk sizes are checked here. Data are read in blocks, so a header that
   claims a huge length cannot make us allocate memory the file does not back, and the frame count
   read is compared with the count declared.
-- ``ImagePreprocessor`` is CLIP's resize-shortest-side (bicubic) + centre crop + normalise, written
-  with PIL and numpy rather than calling ``CLIPImageProcessor``: in transformers 5 that class picks a
+- ``ImagePreprocessor`` is CLIP's resize-shortest-side (bicubic) + centre crop + normalise (after a
+  letterbox, below), written with PIL and numpy rather than calling ``CLIPImageProcessor``: in
+  transformers 5 that class picks a
   torchvision backend when one is installed (different resize numerics on a cluster image than on a
   laptop), and ``box_to_crop`` must use the very crop geometry the pixels went through. Its
   parameters (size, crop, mean/std, resample) come from a checkpoint's ``preprocessor_config.json``
@@ -27,8 +28,19 @@ Decisions made here:
   processor, which parses every layout of that file), and a test pins the output to that
   processor's exactly. A checkpoint whose crop differs from its resize side, or that skips a step,
   is refused: ``crop_geometry`` is the one geometry the boxes follow.
-- Boxes stay normalised to the ORIGINAL image everywhere in data and text. The encoder sees the
-  centre crop, so the attention target on the patch grid is computed from ``box_to_crop``.
+- **The encoder sees the whole image: letterbox, then CLIP.** A centre crop would cut off the sides
+  of a non-square frame (VGG-SS frames are 4:3), and with them parts of boxes or whole objects the
+  answer names. So ``ImagePreprocessor`` first pads the image to a square, centred, with the CLIP
+  mean colour (LLaVA-1.5's ``expand2square``: ``int(255 * mean)`` per channel, ``pad_geometry``),
+  then runs CLIP's resize + centre crop, which on a square is a plain resize (the crop takes it all).
+  Parity with the library holds as LLaVA uses it: ours equals transformers' CLIP processor applied
+  to the padded image. The alternative, training on crop coordinates and mapping answers back,
+  cannot answer about what the crop cut off.
+- **Coordinate convention.** Boxes stay normalised ``[x1, y1, x2, y2]`` to the ORIGINAL image
+  everywhere in data and text: answers, fact-check statements, ground truth, metrics and Serve's
+  answers (which it scales by the image's own width and height). Only what lives on the encoder's
+  patch grid (the AVACE box mask, region-prompt features) goes through ``box_to_crop``, the exact
+  map into the padded square. ``BOX_CONVENTION`` names this for run records.
 - ``AudioPreprocessor`` cuts a clip into ``num_windows`` consecutive windows and computes CLAP's
   log-mel of each with ``ClapFeatureExtractor``: the checkpoint's own
   (:meth:`AudioPreprocessor.from_pretrained`, e.g. LAION's 50-14000 Hz and ``repeatpad``), or,
@@ -185,6 +197,29 @@ def encode_flac(wave: np.ndarray, sr: int) -> bytes:
     return buffer.getvalue()
 
 
+BOX_CONVENTION = "xyxy normalised to the original image; encoder input letterboxed to a square (CLIP mean)"
+
+
+def pad_geometry(width: int, height: int) -> tuple[int, int, int]:
+    """``(side, left, top)``: the square LLaVA-1.5's ``expand2square`` pads a ``width`` x ``height``
+    image to, and where the image sits on it (centred, the odd pixel on the right or bottom)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"sizes must be positive, got {width} x {height}")
+    side = max(width, height)
+    return side, (side - width) // 2, (side - height) // 2
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """The RGB ``image`` centred on a square of colour ``fill`` (itself when already square)."""
+    image = image.convert("RGB")
+    side, left, top = pad_geometry(image.width, image.height)
+    if side == image.width == image.height:
+        return image
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, (left, top))
+    return canvas
+
+
 def crop_geometry(width: int, height: int, image_size: int) -> tuple[int, int, int, int]:
     """``(resized_width, resized_height, left, top)`` of CLIP's resize + centre crop.
 
@@ -204,27 +239,29 @@ def crop_geometry(width: int, height: int, image_size: int) -> tuple[int, int, i
 def box_to_crop(
     box: Sequence[float], width: int, height: int, image_size: int
 ) -> tuple[float, float, float, float] | None:
-    """A box normalised to the original ``width`` x ``height`` image -> normalised to the crop.
+    """A box normalised to the original ``width`` x ``height`` image -> normalised to the encoder's
+    input, the ``image_size`` square ``ImagePreprocessor`` makes (letterbox, then resize).
 
-    The crop is the ``image_size`` square ``ImagePreprocessor`` feeds the encoder. The result is
-    clipped to [0, 1]; None when nothing of the box is left inside the crop (no area), since then the
-    encoder does not see the object at all.
+    The letterbox keeps the whole image, so every box with area maps to a box with area; the
+    result is clipped to [0, 1], and None only for a box without area (nothing to point at).
     """
-    resized_w, resized_h, left, top = crop_geometry(width, height, image_size)
+    side, pad_left, pad_top = pad_geometry(width, height)
+    resized_w, resized_h, left, top = crop_geometry(side, side, image_size)
     x1, y1, x2, y2 = (float(v) for v in box)
 
-    def to_crop(value: float, resized: int, offset: int) -> float:
-        return min(1.0, max(0.0, (value * resized - offset) / image_size))
+    def to_crop(value: float, extent: int, pad: int, resized: int, offset: int) -> float:
+        on_square = (value * extent + pad) / side  # normalised to the padded square
+        return min(1.0, max(0.0, (on_square * resized - offset) / image_size))
 
-    cx1, cx2 = to_crop(x1, resized_w, left), to_crop(x2, resized_w, left)
-    cy1, cy2 = to_crop(y1, resized_h, top), to_crop(y2, resized_h, top)
+    cx1, cx2 = (to_crop(v, width, pad_left, resized_w, left) for v in (x1, x2))
+    cy1, cy2 = (to_crop(v, height, pad_top, resized_h, top) for v in (y1, y2))
     if not (cx2 > cx1 and cy2 > cy1):
         return None
     return cx1, cy1, cx2, cy2
 
 
 class ImagePreprocessor:
-    """PIL images -> CLIP pixel values [B, 3, S, S] float32 (resize, centre crop, normalise)."""
+    """PIL images -> CLIP pixel values [B, 3, S, S] float32 (letterbox, resize, centre crop, normalise)."""
 
     def __init__(
         self,
@@ -269,10 +306,16 @@ class ImagePreprocessor:
             rescale_factor=float(proc.rescale_factor),
         )
 
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The letterbox colour: the normalisation mean in 8-bit, truncated as LLaVA-1.5 does."""
+        return tuple(int(255 * float(m)) for m in self._mean.reshape(3))
+
     def _one(self, image: Image.Image) -> np.ndarray:
         size = self.image_size
-        resized_w, resized_h, left, top = crop_geometry(image.width, image.height, size)
-        resized = image.convert("RGB").resize((resized_w, resized_h), self.resample)
+        square = pad_to_square(image, self.fill)  # the whole image, centred (module docstring)
+        resized_w, resized_h, left, top = crop_geometry(square.width, square.height, size)
+        resized = square.resize((resized_w, resized_h), self.resample)
         crop = resized.crop((left, top, left + size, top + size))
         # rescaled in float64 then cast, normalised in float32: the numerics of transformers' PIL backend
         pixels = (np.asarray(crop, dtype=np.float64).transpose(2, 0, 1) * self.rescale_factor).astype(

@@ -90,6 +90,7 @@ from meerkat_core.attention import AVACE, attention_consistency_loss
 from meerkat_core.batching import IGNORE_INDEX
 from meerkat_core.config import ModelConfig
 from meerkat_core.encoders import AudioEncoder, ImageEncoder
+from meerkat_core.pretrained import check_tokenizer, load_clap_audio, load_clip_vision, load_llama
 from meerkat_core.tokenizer import load_tokenizer, number_tokens
 
 
@@ -185,7 +186,7 @@ class MeerkatModel(nn.Module):
             img = (
                 F.avg_pool2d(img.transpose(1, 2).reshape(b, d, g, g), k).flatten(2).transpose(1, 2)
             )  # [B, M/k², d]
-        dtype = self.llm.get_input_embeddings().weight.dtype
+        dtype = base_dtype(self.config)  # what the LLM's layers compute in
         return MediaTokens(
             img=self.img_to_llm(img).to(dtype),
             aud=self.aud_to_llm(av.aud).to(dtype),
@@ -424,9 +425,9 @@ def count_parameters(
     )
 
 
-def _clip(cfg: cfgmod.ImageEncoderConfig, pretrained: bool) -> CLIPVisionModel:
+def _clip(cfg: cfgmod.ImageEncoderConfig, pretrained: bool, dtype: torch.dtype) -> CLIPVisionModel:
     if pretrained and cfg.name_or_path:
-        return CLIPVisionModel.from_pretrained(cfg.name_or_path)
+        return load_clip_vision(cfg, dtype)
     return CLIPVisionModel(
         CLIPVisionConfig(
             image_size=cfg.image_size,
@@ -436,12 +437,12 @@ def _clip(cfg: cfgmod.ImageEncoderConfig, pretrained: bool) -> CLIPVisionModel:
             num_attention_heads=cfg.num_attention_heads,
             intermediate_size=cfg.intermediate_size,
         )
-    )
+    ).to(dtype)
 
 
-def _clap(cfg: cfgmod.AudioEncoderConfig, pretrained: bool) -> ClapAudioModel:
+def _clap(cfg: cfgmod.AudioEncoderConfig, pretrained: bool, dtype: torch.dtype) -> ClapAudioModel:
     if pretrained and cfg.name_or_path:
-        return ClapAudioModel.from_pretrained(cfg.name_or_path)
+        return load_clap_audio(cfg, dtype)
     return ClapAudioModel(
         ClapAudioConfig(
             spec_size=cfg.spec_size,
@@ -455,14 +456,15 @@ def _clap(cfg: cfgmod.AudioEncoderConfig, pretrained: bool) -> ClapAudioModel:
             num_mel_bins=cfg.num_mel_bins,
             enable_fusion=False,
         )
-    )
+    ).to(dtype)
 
 
 def _llama(
     cfg: cfgmod.LLMConfig, tokenizer: PreTrainedTokenizerBase, pretrained: bool, dtype: torch.dtype
 ) -> LlamaForCausalLM:
     if pretrained and cfg.name_or_path:
-        llm = LlamaForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype)
+        llm = load_llama(cfg, dtype)
+        check_tokenizer(tokenizer, llm.config, f"for {cfg.name_or_path}")
     else:
         llm = LlamaForCausalLM(
             LlamaConfig(
@@ -481,6 +483,8 @@ def _llama(
             )
         ).to(dtype)
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        # the media placeholders of a pretrained tokenizer; their rows are never read (the
+        # placeholders are replaced by media tokens before the LLM)
         llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     if not (pretrained and cfg.name_or_path):
         _smooth_number_rows(llm, tokenizer)
@@ -526,34 +530,65 @@ def _smooth_number_rows(llm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> N
             weight[ids] = (rows * norm).to(weight.dtype)
 
 
+def base_dtype(config: ModelConfig) -> torch.dtype:
+    """The dtype the LLM computes in: ``config.base_dtype``, or float32 when the whole LLM trains
+    (``lora.r == 0``: trainable parameters are always float32)."""
+    return torch.float32 if config.lora.full_finetune else getattr(torch, config.base_dtype)
+
+
+def _compute_in_float32(module: nn.Module, out_dtype: torch.dtype) -> None:
+    """A float32 module inside a lower-precision base: cast its floating inputs to float32 and its
+    floating output back to ``out_dtype``, so that its neighbours see the base dtype."""
+
+    def before(m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        # the parameters' dtype at call time: float32, or FSDP's compute dtype while it is gathered
+        dtype = next(m.parameters()).dtype
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def after(_m: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
+        return out.to(out_dtype) if torch.is_tensor(out) and out.is_floating_point() else out
+
+    module.register_forward_pre_hook(before)
+    module.register_forward_hook(after)
+
+
 def build_model(
     config: ModelConfig,
     *,
     pretrained: bool,
     device: str | torch.device = "cpu",
-    llm_dtype: torch.dtype = torch.float32,
     seed: int = 0,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> MeerkatModel:
     """Build the model from a config.
 
+    Precision: the frozen base (both encoders and the LLM's base weights) is built or loaded in
+    ``config.base_dtype``; every trainable parameter (LoRA, ``modules_to_save``, AVACE, the
+    projections, the region projections; the whole LLM when ``lora.r == 0``) is float32. A module
+    trained in full inside a bfloat16 LLM (``modules_to_save``) computes in float32 and hands
+    bfloat16 on. AVACE, and so the OT and AC terms, run in float32 on the encoders' tokens cast up.
+
     Args:
         config: a preset from :data:`~meerkat_core.config.PRESETS` or any :class:`ModelConfig`.
-        pretrained: load encoder and LLM weights from their ``name_or_path`` (hub or directory);
-            ``False`` builds the same shapes with random weights and never touches the network.
+        pretrained: load encoder and LLM weights from their ``name_or_path`` (hub or directory, at
+            their ``revision``) through :mod:`meerkat_core.pretrained`, which fails on any missing,
+            unexpected or mismatched tensor; ``False`` builds the config's shapes with random
+            weights and never touches the network.
         device: where to build; ``"meta"`` allocates nothing (shape checks of the paper preset).
-        llm_dtype: dtype of the LLM base weights (bf16 on GPUs).
         seed: seeds every random initialisation, so the frozen random weights of a ``tiny`` model
             are reproduced exactly when a checkpoint is loaded.
         tokenizer: use this tokenizer (a checkpoint's own) instead of loading one.
     """
     if tokenizer is None:
-        tokenizer = load_tokenizer(config.tokenizer if pretrained else None)
+        tokenizer = load_tokenizer(
+            config.tokenizer if pretrained else None, config.tokenizer_revision if pretrained else None
+        )
+    frozen_dtype = getattr(torch, config.base_dtype)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        image = ImageEncoder(_clip(config.image, pretrained), freeze=config.freeze_encoders)
-        audio = AudioEncoder(_clap(config.audio, pretrained), freeze=config.freeze_encoders)
-        llm = _llama(config.llm, tokenizer, pretrained, llm_dtype)
+        image = ImageEncoder(_clip(config.image, pretrained, frozen_dtype), freeze=config.freeze_encoders)
+        audio = AudioEncoder(_clap(config.audio, pretrained, frozen_dtype), freeze=config.freeze_encoders)
+        llm = _llama(config.llm, tokenizer, pretrained, base_dtype(config))
         for p in llm.parameters():
             p.requires_grad_(False)
         if config.lora.full_finetune:
@@ -572,9 +607,25 @@ def build_model(
                 ),
             )
         avace = AVACE(
-            image.dim, audio.dim, config.avace.dim, config.avace.num_heads, image.grid, config.avace.dropout
+            image.dim,
+            audio.dim,
+            config.avace.dim,
+            config.avace.num_heads,
+            image.grid,
+            config.avace.dropout,
+            map_tokens=config.avace.map_tokens,
+            map_box_tokens=config.avace.map_box_tokens,
         )
         model = MeerkatModel(config, image, audio, avace, llm, tokenizer)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    compute = base_dtype(config)
+    if compute != torch.float32:
+        for module in model.llm.modules():
+            if isinstance(module, peft.utils.ModulesToSaveWrapper):
+                for trained in module.modules_to_save.values():
+                    _compute_in_float32(trained, compute)
     return model
 
 

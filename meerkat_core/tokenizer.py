@@ -110,8 +110,11 @@ def ensure_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedToken
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str | None, *, vocab_size: int = 2048) -> PreTrainedTokenizerBase:
-    """The tokenizer at ``name_or_path`` (hub name or directory) or, for ``None``, the offline one."""
+def load_tokenizer(
+    name_or_path: str | None, revision: str | None = None, *, vocab_size: int = 2048
+) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``name_or_path`` (hub name or directory, at ``revision``; ``None``: the
+    default branch) with the media placeholders added, or, for ``None``, the offline one."""
     if name_or_path is None:
         return build_offline_tokenizer(vocab_size)
-    return ensure_special_tokens(AutoTokenizer.from_pretrained(name_or_path))
+    return ensure_special_tokens(AutoTokenizer.from_pretrained(name_or_path, revision=revision))

@@ -47,6 +47,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 
+from meerkat_core.media import pad_geometry
+
 Metrics = Mapping[str, Any]
 Results = Mapping[str, Mapping[str, Metrics]]
 
@@ -521,7 +523,8 @@ def _box_patch(box: Sequence[float], width: int, height: int, *, predicted: bool
 
 def grounding_figure(items: Sequence[Mapping[str, Any]], *, cols: int = 4) -> Figure:
     """A grid of images with ground-truth boxes (green), the predicted box (red, dashed) and the
-    AVACE attention map (``attn``, [h, w] over the patch grid) overlaid as a heat map.
+    AVACE attention map (``attn``, [h, w] over the patch grid of the letterboxed square the encoder
+    sees) overlaid as a heat map.
 
     Each item: ``image`` (encoded bytes, path, PIL image or [H, W, 3] array), ``gt_boxes`` (list of
     normalised boxes), ``pred_box`` (normalised box or None, shown as "no box parsed"), optional
@@ -542,7 +545,11 @@ def grounding_figure(items: Sequence[Mapping[str, Any]], *, cols: int = 4) -> Fi
         extent = (0, width, height, 0)
         ax.imshow(image, extent=extent)
         if item.get("attn") is not None:
-            ax.imshow(_heat_overlay(item["attn"], width, height), extent=extent)
+            # The map covers the encoder's input, the image letterboxed to a square
+            # (meerkat_core.media): drawn over that square, of which the axes show the image.
+            side, left, top = pad_geometry(width, height)
+            square = (-left, side - left, side - top, -top)
+            ax.imshow(_heat_overlay(item["attn"], side, side), extent=square)
         for box in item.get("gt_boxes") or ():
             ax.add_patch(_box_patch(box, width, height, predicted=False))
         if item.get("pred_box") is None:

@@ -115,3 +115,32 @@ def test_where_channel_starts_at_zero_and_reaches_the_map():
     avace.zero_grad()
     avace(img, aud).img.square().sum().backward()
     assert avace.aud_to_img.q.weight.grad.abs().sum() > 0
+
+
+def test_map_write_backs_are_switches_and_off_means_the_unfused_tokens():
+    img, aud = torch.randn(2, 16, 12, generator=torch.Generator().manual_seed(1)), torch.randn(2, 5, 10)
+    torch.manual_seed(0)
+    both = AVACE(img_dim=12, aud_dim=10, dim=16, num_heads=2, grid=4)
+    torch.manual_seed(0)
+    off = AVACE(img_dim=12, aud_dim=10, dim=16, num_heads=2, grid=4, map_tokens=False, map_box_tokens=False)
+    names = {n for n, _ in off.named_parameters()}
+    assert not any(n.startswith(("sound_embed", "where")) for n in names)
+    assert {n for n, _ in both.named_parameters()} - names == {"sound_embed", "where.weight", "where.bias"}
+    out = off(img, aud)
+    # the image tokens are the LayerNorm of step 3 alone ...
+    x = off.img_in(img) + off.img_pos
+    ctx, _ = off.img_to_aud(x, off.aud_in(aud))
+    torch.testing.assert_close(out.img, off.norm_img(x + ctx), rtol=0, atol=0)
+    # ... which is what the write-backs add to (zero at init: the same tokens; not once trained)
+    torch.testing.assert_close(both(img, aud).img, out.img)
+    for switch in ("map_tokens", "map_box_tokens"):
+        torch.manual_seed(0)
+        one = AVACE(img_dim=12, aud_dim=10, dim=16, num_heads=2, grid=4, **{switch: False})
+        with torch.no_grad():
+            for p in (getattr(one, "sound_embed", None), getattr(one, "where", None)):
+                if isinstance(p, torch.nn.Parameter):
+                    p.normal_()
+                elif p is not None:
+                    p.weight.normal_()
+        assert not torch.allclose(one(img, aud).img, out.img)
+        torch.testing.assert_close(one(img, aud).attn_map, out.attn_map)

@@ -21,6 +21,8 @@ from meerkat_core.media import (
     encode_jpeg,
     load_audio,
     load_image,
+    pad_geometry,
+    pad_to_square,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -259,25 +261,54 @@ def test_unsupported_sample_rate_raises():
 
 
 def test_crop_geometry_and_box_to_crop_hand_cases():
-    # 640 x 480 -> shortest side 224: width int(224 * 640 / 480) = 298; crop starts at (298 - 224) // 2.
+    # CLIP's own geometry (what runs after the letterbox): 640 x 480 -> width int(224 * 640 / 480).
     assert crop_geometry(640, 480, 224) == (298, 224, 37, 0)
-    assert crop_geometry(300, 500, 224) == (224, 373, 0, 74)
     assert crop_geometry(224, 224, 224) == (224, 224, 0, 0)
-    # Right half of the image: starts at (0.5 * 298 - 37) / 224 = 0.5 in the crop, ends past it.
-    assert box_to_crop((0.5, 0.0, 1.0, 1.0), 640, 480, 224) == pytest.approx((0.5, 0.0, 1.0, 1.0))
+    # The letterbox: 640 x 480 sits on a 640 square, 80 rows of padding above and below.
+    assert pad_geometry(640, 480) == (640, 0, 80)
+    assert pad_geometry(300, 501) == (501, 100, 0)  # the odd pixel goes right
+    assert pad_geometry(224, 224) == (224, 0, 0)
+    # The whole 640 x 480 image is rows 0.125 .. 0.875 of the square.
+    assert box_to_crop((0.0, 0.0, 1.0, 1.0), 640, 480, 224) == pytest.approx((0.0, 0.125, 1.0, 0.875))
+    assert box_to_crop((0.5, 0.0, 1.0, 1.0), 640, 480, 224) == pytest.approx((0.5, 0.125, 1.0, 0.875))
+    # A square image is untouched: the procedural world's boxes map to themselves.
     assert box_to_crop((0.25, 0.5, 0.75, 0.75), 224, 224, 224) == pytest.approx((0.25, 0.5, 0.75, 0.75))
-    # Wholly inside the left margin that the crop cuts away.
-    assert box_to_crop((0.0, 0.0, 0.1, 1.0), 640, 480, 224) is None
+    assert box_to_crop((0.25, 0.5, 0.75, 0.75), 96, 96, 224) == pytest.approx((0.25, 0.5, 0.75, 0.75))
+    # A box in the left margin that a centre crop would cut away survives: x 0 .. 0.1, rows 1/8 .. 7/8.
+    assert box_to_crop((0.0, 0.0, 0.1, 1.0), 640, 480, 224) == pytest.approx((0.0, 0.125, 0.1, 0.875))
+    assert box_to_crop((0.3, 0.3, 0.3, 0.6), 640, 480, 224) is None  # no area
+
+
+def test_box_outside_the_centre_crop_is_seen_where_box_to_crop_says():
+    """A non-square frame with an object in the margin a centre crop cuts away: the encoder input
+    shows it, at the place ``box_to_crop`` maps its box to."""
+    width, height = 640, 360
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    canvas[90:270, 20:100] = 255  # pixel box (20, 90, 100, 270): x < 140, left of a 16:9 centre crop
+    box = (20 / width, 90 / height, 100 / width, 270 / height)
+    assert box[2] < (width - height) / 2 / width  # wholly outside the centre square
+    pixels = ImagePreprocessor()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
+    unnormalised = pixels * np.asarray(CLIP_STD).reshape(3, 1, 1) + np.asarray(CLIP_MEAN).reshape(3, 1, 1)
+    bright = unnormalised.mean(axis=0) > 0.75  # [224, 224]; the padding is the mean grey (~0.45)
+    x1, y1, x2, y2 = (round(v * 224) for v in box_to_crop(box, width, height, 224))
+    # On the 640 square: x 20 .. 100, y 140 + 90 .. 140 + 270, times 224 / 640.
+    assert (x1, y1, x2, y2) == (7, 80, 35, 144)
+    expected = np.zeros((224, 224), dtype=bool)
+    expected[y1:y2, x1:x2] = True
+    assert (bright != expected).sum() <= 2 * ((x2 - x1) + (y2 - y1))  # bicubic edges
+    assert bright[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].all()
+    # The padding above and below is the CLIP mean colour, normalised to ~0.
+    assert np.abs(pixels[:, :40, :]).max() < 0.02 and np.abs(pixels[:, -40:, :]).max() < 0.02
 
 
 def test_box_to_crop_matches_the_pixels_the_encoder_sees():
-    width, height = 640, 480
+    width, height = 480, 640
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    canvas[120:360, 320:600] = 255  # pixel box (320, 120, 600, 360)
-    box = (320 / width, 120 / height, 600 / width, 360 / height)
+    canvas[120:360, 320:460] = 255  # pixel box (320, 120, 460, 360)
+    box = (320 / width, 120 / height, 460 / width, 360 / height)
     pixels = ImagePreprocessor()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
     unnormalised = pixels * np.asarray(CLIP_STD).reshape(3, 1, 1) + np.asarray(CLIP_MEAN).reshape(3, 1, 1)
-    bright = unnormalised.mean(axis=0) > 0.5  # [224, 224]
+    bright = unnormalised.mean(axis=0) > 0.75  # [224, 224]
     x1, y1, x2, y2 = (round(v * 224) for v in box_to_crop(box, width, height, 224))
     expected = np.zeros((224, 224), dtype=bool)
     expected[y1:y2, x1:x2] = True
@@ -293,8 +324,12 @@ def test_image_preprocessor_shape_and_values():
     assert out.shape == (2, 3, 224, 224) and out.dtype.is_floating_point and out.dtype.itemsize == 4
     for channel in range(3):
         expected = (colour[channel] / 255 - CLIP_MEAN[channel]) / CLIP_STD[channel]
-        assert out[:, channel].min().item() == pytest.approx(expected, abs=1e-5)
-        assert out[:, channel].max().item() == pytest.approx(expected, abs=1e-5)
+        # The image fills the middle of the letterboxed square (rows 28..196, columns 45..179).
+        assert out[0, channel, 40:184].min().item() == pytest.approx(expected, abs=1e-5)
+        assert out[1, channel, :, 60:164].max().item() == pytest.approx(expected, abs=1e-5)
+        padding = (ImagePreprocessor().fill[channel] / 255 - CLIP_MEAN[channel]) / CLIP_STD[channel]
+        assert out[0, channel, :20].max().item() == pytest.approx(padding, abs=1e-5)
+        assert out[1, channel, :, :30].min().item() == pytest.approx(padding, abs=1e-5)
     assert ImagePreprocessor(image_size=32)([]).shape == (0, 3, 32, 32)
 
 
@@ -305,8 +340,15 @@ def test_image_preprocessor_matches_transformers_clip_processor():
     )
     images = [_noise_image(640, 480, 1), _noise_image(333, 517, 2), _noise_image(224, 224, 3)]
     ours = ImagePreprocessor()(images).numpy()
-    theirs = np.asarray(reference(images, return_tensors="np")["pixel_values"])
+    # The library's processor on LLaVA-1.5's letterboxed image (mean colour, truncated to 8 bits).
+    fill = tuple(int(255 * m) for m in reference.image_mean)
+    assert fill == (122, 116, 104) == ImagePreprocessor().fill
+    padded = [pad_to_square(image, fill) for image in images]
+    theirs = np.asarray(reference(padded, return_tensors="np")["pixel_values"])
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    # A square image is not padded: exactly the library's processor on it.
+    direct = np.asarray(reference(images[2:], return_tensors="np")["pixel_values"])
+    np.testing.assert_allclose(ours[2:], direct, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------

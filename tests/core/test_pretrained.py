@@ -36,7 +36,9 @@ def test_image_front_end_is_the_checkpoints_exactly(pretrained_dirs):
     ours = media.ImagePreprocessor.from_pretrained(str(pretrained_dirs.clip))
     assert ours.image_size == 224 and ours.resample == Image.Resampling.BICUBIC
     images = [_noise_image(640, 480, 1), _noise_image(333, 517, 2), _noise_image(224, 224, 3)]
-    theirs = np.asarray(reference(images, return_tensors="np")["pixel_values"])
+    # the library's processor on the letterboxed image (media.py: LLaVA-1.5's pad to square)
+    padded = [media.pad_to_square(image, ours.fill) for image in images]
+    theirs = np.asarray(reference(padded, return_tensors="np")["pixel_values"])
     np.testing.assert_array_equal(ours(images).numpy(), theirs)
 
 
@@ -50,8 +52,10 @@ def test_image_front_end_follows_the_checkpoints_values(pretrained_dirs, tmp_pat
     (other / "preprocessor_config.json").write_text(json.dumps(cfg))
     ours = media.ImagePreprocessor.from_pretrained(str(other))
     images = [_noise_image(100, 80, 4)]
+    padded = [media.pad_to_square(image, ours.fill) for image in images]
+    assert ours.fill == (127, 127, 127)  # int(255 * 0.5), the checkpoint's mean
     theirs = np.asarray(
-        CLIPImageProcessorPil.from_pretrained(other)(images, return_tensors="np")["pixel_values"]
+        CLIPImageProcessorPil.from_pretrained(other)(padded, return_tensors="np")["pixel_values"]
     )
     assert ours.image_size == 64 and ours.resample == Image.Resampling.BILINEAR
     np.testing.assert_array_equal(ours(images).numpy(), theirs)
