@@ -197,6 +197,9 @@ def encode_flac(wave: np.ndarray, sr: int) -> bytes:
     return buffer.getvalue()
 
 
+# Longest side letterboxed as it is; a larger image is shrunk to it first (exact parity with the
+# library's processor holds up to this size, every dataset frame included).
+_MAX_PAD_SIDE = 2048
 BOX_CONVENTION = "xyxy normalised to the original image; encoder input letterboxed to a square (CLIP mean)"
 
 
@@ -313,6 +316,12 @@ class ImagePreprocessor:
 
     def _one(self, image: Image.Image) -> np.ndarray:
         size = self.image_size
+        if max(image.size) > _MAX_PAD_SIDE:
+            # Padding a 20:1 panorama of 16 MP first would allocate a gigabyte; shrink it to a long
+            # side of _MAX_PAD_SIDE (far above any encoder input) before the letterbox.
+            scale = _MAX_PAD_SIDE / max(image.size)
+            shrunk = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.convert("RGB").resize(shrunk, self.resample)
         square = pad_to_square(image, self.fill)  # the whole image, centred (module docstring)
         resized_w, resized_h, left, top = crop_geometry(square.width, square.height, size)
         resized = square.resize((resized_w, resized_h), self.resample)

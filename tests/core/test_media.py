@@ -301,6 +301,17 @@ def test_box_outside_the_centre_crop_is_seen_where_box_to_crop_says():
     assert np.abs(pixels[:, :40, :]).max() < 0.02 and np.abs(pixels[:, -40:, :]).max() < 0.02
 
 
+def test_a_huge_panorama_is_shrunk_before_the_letterbox():
+    # 6000 x 300 would be a 6000 x 6000 canvas; shrunk to 2048 x 102 first, it stays in proportion.
+    canvas = np.zeros((300, 6000, 3), dtype=np.uint8)
+    canvas[:, :3000] = 255  # left half white
+    pixels = ImagePreprocessor()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
+    unnormalised = pixels * np.asarray(CLIP_STD).reshape(3, 1, 1) + np.asarray(CLIP_MEAN).reshape(3, 1, 1)
+    row = unnormalised.mean(axis=0)[112]  # the image's band is rows ~106..117
+    assert (row[:100] > 0.9).all() and (row[124:] < 0.1).all()
+    assert np.abs(pixels[:, :90]).max() < 0.02  # padding above
+
+
 def test_box_to_crop_matches_the_pixels_the_encoder_sees():
     width, height = 480, 640
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
