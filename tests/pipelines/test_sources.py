@@ -172,6 +172,26 @@ def test_pairing_table_is_well_formed():
     assert "/m/02zsn" not in by_name["Man"].audioset_mids
 
 
+def test_pairing_covers_the_classes_real_rows_carry():
+    """The label excerpt of ``fixtures/sources/pairing_excerpt`` (see the README there): most box
+    rows are people, most clips speech or music. Every sounding box class pairs; the clips that do
+    not are music without an instrument, weather, crowds and silence."""
+    import csv
+
+    from pipelines.avfit.sources._pairing import pairing_coverage, read_audioset_segments
+
+    excerpt = FIXTURES / "pairing_excerpt"
+    with open(excerpt / "openimages-boxes.csv", newline="", encoding="utf-8") as stream:
+        box_labels = [row["LabelName"] for row in csv.DictReader(stream)]
+    clips = read_audioset_segments([excerpt / "audioset-segments.csv"])
+    coverage = pairing_coverage(box_labels, clips.values(), load_pairing_table())
+    assert (coverage["n_boxes"], coverage["n_clips"]) == (60, 40)
+    # 39 boxes of people, faces and sounding things; 21 of clothing, trees, windows, furniture.
+    assert coverage["boxes"] == pytest.approx(39 / 60)
+    # Unpaired: 7 music-only clips, wind, rain, applause + crowd, silence.
+    assert coverage["clips"] == pytest.approx(29 / 40)
+
+
 # ---------------------------------------------------------------------------------------------------
 # VGG-SS
 

@@ -176,6 +176,24 @@ def read_vggsound(path: Path, split: str) -> dict[str, str]:
     }
 
 
+def pairing_coverage(
+    box_labels: Iterable[str], clip_labels: Iterable[frozenset[str]], classes: Sequence[PairClass]
+) -> dict[str, float]:
+    """How much of a label excerpt the table can pair with AudioSet: ``boxes``, the fraction of box
+    rows whose class has AudioSet labels in the table; ``clips``, the fraction of clips carrying at
+    least one of them. Counts ``n_boxes`` and ``n_clips`` beside them (nan fractions when empty)."""
+    box_classes = {c.mid for c in classes if c.audioset_mids}
+    audio_labels = {mid for c in classes for mid in c.audioset_mids}
+    boxes = [label in box_classes for label in box_labels]
+    clips = [bool(labels & audio_labels) for labels in clip_labels]
+    return {
+        "boxes": sum(boxes) / len(boxes) if boxes else float("nan"),
+        "clips": sum(clips) / len(clips) if clips else float("nan"),
+        "n_boxes": len(boxes),
+        "n_clips": len(clips),
+    }
+
+
 class AudioPools:
     """Per image class, the sorted clip ids whose labels match it and whose audio file exists."""
 
