@@ -28,25 +28,40 @@ Decisions made here:
 - Preprocessing runs on one worker thread per ingress replica: the fast tokenizer is not safe to
   call from several threads at once and feature extraction is GIL-bound; to preprocess faster,
   add ingress replicas.
-- A batch may mix requests with different ``max_new_tokens`` or ``temperature``: it is split into
-  groups of equal settings, each one ``generate`` call, rather than giving one request another's.
-- ``finish_reason`` and ``completion_tokens`` come from re-tokenizing the answer text, since
-  ``MeerkatModel.generate`` returns text only; ``length`` means the answer used the whole budget.
-- Optional bearer-token auth: the service stores the SHA-256 of the token (``api_token_sha256``,
-  or the hash of ``MEERKAT_API_TOKEN`` in the ingress's environment), so the token itself never
-  appears in a deploy config, the dashboard or a log. ``/healthz``, ``/``, ``/docs`` and
-  ``/openapi.json`` stay open.
+- Batches, sampling settings (``top_p``, ``seed``, ``stop``) and the isolation of a sample that
+  makes the model fail (the batch is split and each request retried alone) are
+  :mod:`serve.generation`'s.
+- The model reference is resolved once, in the application builder (at deploy), to a fixed
+  registry version (:func:`pipelines.registry.resolve_version`), and that version is what every
+  model replica loads: ``models:/name/latest`` can never mean two versions in one application.
+- Overload is refused at once: each deployment has ``max_queued_requests`` (``serve/config.yaml``);
+  beyond it the proxy answers 503 for the ingress, and the ingress answers 503 (JSON) when the
+  model's queue is full, instead of a 504 a minute later. ``graceful_shutdown_timeout_s`` is above
+  ``request_timeout_s``, so a scale-down or redeploy lets admitted requests finish.
+- JSON parsing, base64, decoding, features and tokenization all run on the ingress's preprocessing
+  thread, never on its event loop (which only reads bodies and awaits).
+- Streaming (``stream: true``): the answer is generated in a batch like any other, then sent as
+  server-sent events in OpenAI's chunk format (a role chunk, text deltas, a chunk with the
+  ``finish_reason``, a last chunk with ``usage`` and ``grounding``, then ``[DONE]``). Clients get the
+  OpenAI streaming protocol; the first byte comes when the batch is done, not sooner.
+- Optional token auth: the service stores the SHA-256 of the token (``api_token_sha256``, or the
+  hash of ``MEERKAT_API_TOKEN`` in the ingress's environment), so the token itself never appears
+  in a deploy config, the dashboard or a log. With a token, everything but ``/healthz`` needs it:
+  the API as ``Authorization: Bearer <token>``, the demo page and ``/docs`` also as HTTP Basic
+  (any user name, the token as password), which browsers ask for and then send along with the
+  page's own requests. Without one, the ingress logs a warning at start-up.
 """
 
 # No ``from __future__ import annotations`` here: Serve's class-based FastAPI views read the route
 # methods' annotations as objects, and a string "Request" would become a query parameter.
 import asyncio
+import json
 import logging
 import os
+import re
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +71,15 @@ import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve import Application
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
@@ -70,8 +87,9 @@ from transformers import PreTrainedTokenizerBase
 from meerkat_core import batching
 from meerkat_core.config import ModelConfig
 from pipelines import registry
-from serve import auth, inputs, schemas, tasks
+from serve import auth, examples, inputs, schemas, tasks
 from serve.errors import APIError, ErrorResponse, error_body, invalid
+from serve.generation import Completion, Generation, Generator, Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +120,9 @@ class AppArgs(BaseModel):
     max_audio_seconds: float = Field(60.0, gt=0)
     """Longest audio clip, checked from the header before decoding; the model itself reads the
     first ``num_windows * window_seconds`` (10 s for the presets)."""
+    max_audio_samples: int = Field(60 * 48_000 * 2, ge=1)
+    """Most decoded audio samples, channels x frames, checked from the header before decoding
+    (default: a minute of 48 kHz stereo, 23 MB as float32)."""
     max_prompt_chars: int = Field(2000, ge=1)
     """Longest instruction text; the model's token budget (``max_text_tokens``) applies after."""
     default_max_new_tokens: int = Field(48, ge=1)
@@ -132,24 +153,6 @@ class ModelInfo:
     tokenizer: PreTrainedTokenizerBase
 
 
-@dataclass(frozen=True)
-class Generation:
-    """One preprocessed request: a :class:`~meerkat_core.batching.SamplePreprocessor` row."""
-
-    row: dict[str, Any]
-    max_new_tokens: int
-    temperature: float
-
-
-@dataclass(frozen=True)
-class Completion:
-    """The answer to one :class:`Generation`: its text, token count and why it ended."""
-
-    text: str
-    tokens: int
-    finish_reason: str
-
-
 class BatchingConfig(BaseModel):
     """``user_config`` of ``MeerkatModel``: applied to running replicas without restarting them."""
 
@@ -162,10 +165,16 @@ class BatchingConfig(BaseModel):
 
 
 _BATCHING = BatchingConfig()
+# Above the default request_timeout_s (60 s), so that admitted requests finish on a scale-down.
+GRACEFUL_SHUTDOWN_S = 75.0
+# A batch running longer than this means a stuck replica: check_health fails and Serve replaces it.
+STUCK_AFTER_S = 300.0
 
 
 @serve.deployment(
-    max_ongoing_requests=64,
+    max_ongoing_requests=32,
+    max_queued_requests=64,
+    graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
     user_config=_BATCHING.model_dump(),
     ray_actor_options={"num_cpus": 1},
 )
@@ -175,7 +184,9 @@ class MeerkatModel:
     def __init__(self, model_ref: str, name: str, device: str = "auto") -> None:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.model = registry.load(model_ref, device=self.device)
+        self.generator = Generator(self.model, self.device)
         self.info = ModelInfo(name, self.model.config, self.model.tokenizer)
+        self.busy_since: float | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = BatchingConfig.model_validate(user_config)
@@ -188,26 +199,19 @@ class MeerkatModel:
     def ping(self) -> str:
         return self.info.name
 
+    def check_health(self) -> None:
+        """Serve's periodic check: a batch stuck for ``STUCK_AFTER_S`` fails it (the replica is replaced)."""
+        if self.busy_since is not None and time.monotonic() - self.busy_since > STUCK_AFTER_S:
+            raise RuntimeError(f"a batch has been generating for over {STUCK_AFTER_S:g} s")
+
     @serve.batch(max_batch_size=_BATCHING.max_batch_size, batch_wait_timeout_s=_BATCHING.batch_wait_timeout_s)
     async def generate(self, requests: list[Generation]) -> list[Completion]:
         # A worker thread, so that the replica keeps queueing the next batch while this one runs.
-        return await asyncio.to_thread(self._generate, requests)
-
-    def _generate(self, requests: list[Generation]) -> list[Completion]:
-        tokenizer = self.model.tokenizer
-        groups: dict[tuple[int, float], list[int]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            groups[(request.max_new_tokens, request.temperature)].append(index)
-        completions: list[Completion | None] = [None] * len(requests)
-        for (max_new_tokens, temperature), indices in groups.items():
-            batch = batching.collate([requests[i].row for i in indices], tokenizer.pad_token_id, side="left")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            texts = self.model.generate(batch, max_new_tokens=max_new_tokens, temperature=temperature)
-            for index, text in zip(indices, texts, strict=True):
-                tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-                finish = "length" if tokens >= max_new_tokens else "stop"
-                completions[index] = Completion(text, tokens, finish)
-        return completions
+        self.busy_since = time.monotonic()
+        try:
+            return await asyncio.to_thread(self.generator, requests)
+        finally:
+            self.busy_since = None
 
 
 # -- the HTTP ingress ----------------------------------------------------------------------------
@@ -234,8 +238,10 @@ api = _MeerkatFastAPI(
     version="1.0",
     description="Audio-visual LLM with grounded answers: boxes on the image, time windows in the audio, "
     "as typed JSON. Media are sent inline (base64, data URLs or multipart); remote URLs are not fetched.",
-    docs_url="/docs",
+    # Served by MeerkatAPI's own routes, behind the token when there is one.
+    docs_url=None,
     redoc_url=None,
+    openapi_url=None,
 )
 _bearer = HTTPBearer(auto_error=False, description="The service's API token, when it has one.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -247,10 +253,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Request too large",
         415: "Unsupported content type",
         422: "Missing or malformed fields",
+        500: "The model failed on this request (other requests are not affected)",
+        503: "Overloaded: the model's queue is full; retry later",
         504: "No answer within the request timeout",
     }.items()
 }
 _STATUS_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_WORDS = re.compile(r"\s*\S+|\s+")
 
 
 @api.exception_handler(APIError)
@@ -261,13 +270,15 @@ async def _api_error(_: Request, err: APIError) -> JSONResponse:
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
     type_ = _STATUS_TYPES.get(err.status_code, "invalid_request_error")
-    return JSONResponse(error_body(type_, str(err.detail)), status_code=err.status_code, headers=err.headers)
+    message = inputs.clean(str(err.detail))
+    return JSONResponse(error_body(type_, message), status_code=err.status_code, headers=err.headers)
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
-    message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
-    return JSONResponse(error_body("invalid_request_error", message), status_code=422)
+    return JSONResponse(
+        error_body("invalid_request_error", inputs.validation_message(err.errors())), status_code=422
+    )
 
 
 @api.exception_handler(Exception)
@@ -285,6 +296,32 @@ async def within_timeout(work: Coroutine[Any, Any, T], seconds: float) -> T:
         raise APIError(504, "timeout", f"no answer within the request timeout of {seconds:g} s") from None
 
 
+def sse_chunks(
+    chunk_id: str,
+    created: int,
+    model: str,
+    completion: Completion,
+    content: str,
+    usage: schemas.Usage,
+    grounding: schemas.Grounding,
+) -> list[str]:
+    """The server-sent events of a streamed chat completion (OpenAI's ``chat.completion.chunk``
+    format): the role, the content in word-sized deltas, the finish reason, then usage and grounding."""
+
+    def event(choices: list[schemas.ChunkChoice], **extra: Any) -> str:
+        chunk = schemas.ChatCompletionChunk(
+            id=chunk_id, created=created, model=model, choices=choices, **extra
+        )
+        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+    events = [event([schemas.ChunkChoice(delta=schemas.Delta(role="assistant", content=""))])]
+    events += [event([schemas.ChunkChoice(delta=schemas.Delta(content=w))]) for w in _WORDS.findall(content)]
+    events.append(event([schemas.ChunkChoice(delta=schemas.Delta(), finish_reason=completion.finish_reason)]))
+    events.append(event([], usage=usage, grounding=grounding))
+    events.append("data: [DONE]\n\n")
+    return events
+
+
 @dataclass(frozen=True)
 class _Prepared:
     row: dict[str, Any]
@@ -296,7 +333,12 @@ class _Prepared:
 Credentials = HTTPAuthorizationCredentials | None
 
 
-@serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 1})
+@serve.deployment(
+    max_ongoing_requests=64,
+    max_queued_requests=64,
+    graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
+    ray_actor_options={"num_cpus": 1},
+)
 @serve.ingress(api)
 class MeerkatAPI:
     """The HTTP front: validates and preprocesses every request, then awaits the model's batch."""
@@ -311,13 +353,23 @@ class MeerkatAPI:
         self.media_tokens = info.config.llm_image_tokens + info.config.audio.num_tokens
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess")
         self.token_sha256 = settings.api_token_sha256 or auth.digest_from_env()
+        if self.token_sha256 is None:
+            logger.warning(
+                "no API token: the API, its docs and the demo page are open to anyone who can reach "
+                "this port; set %s when deploying to require one",
+                auth.TOKEN_ENV,
+            )
         self.demo_page = DEMO_PAGE.read_text()
         self.started = int(time.time())
 
     # -- plumbing shared by the routes
 
-    def _authorize(self, credentials: Credentials) -> None:
-        auth.check(None if credentials is None else credentials.credentials, self.token_sha256)
+    def _authorize(self, request: Request, *, page: bool = False) -> None:
+        auth.check(auth.presented_token(request.headers.get("authorization")), self.token_sha256, page=page)
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the preprocessing thread, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def _max_new_tokens(self, requested: int | None) -> int:
         limit = self.settings.max_new_tokens_limit
@@ -332,6 +384,7 @@ class MeerkatAPI:
             sample_rate=self.config.audio.sampling_rate,
             max_pixels=settings.max_image_pixels,
             max_seconds=settings.max_audio_seconds,
+            max_samples=settings.max_audio_samples,
         )
         width, height = decoded.image.size
         if max(width, height) > settings.max_aspect_ratio * min(width, height):
@@ -348,7 +401,7 @@ class MeerkatAPI:
         return _Prepared(row, width, height, decoded.seconds)
 
     async def _run(
-        self, instruction: str, raw: inputs.Media, max_new_tokens: int | None, temperature: float
+        self, instruction: str, raw: inputs.Media, sampling: Sampling
     ) -> tuple[_Prepared, Completion]:
         """Preprocess on the worker thread, then generate in the model's next batch."""
         if len(instruction) > self.settings.max_prompt_chars:
@@ -358,16 +411,24 @@ class MeerkatAPI:
                 f"instruction of {len(instruction)} characters exceeds the limit of "
                 f"{self.settings.max_prompt_chars}",
             )
-        budget = self._max_new_tokens(max_new_tokens)
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self.pool, self._prepare_sync, instruction, raw)
-        response = self.model.generate.remote(Generation(prepared.row, budget, temperature))
         try:
-            completion = await response
+            instruction.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise invalid("instruction: not valid Unicode (a lone surrogate)") from err
+        prepared = await self._offload(self._prepare_sync, instruction, raw)
+        try:
+            response = self.model.generate.remote(Generation(prepared.row, sampling))
+            completion: Completion = await response
+        except BackPressureError:
+            raise APIError(
+                503, "service_unavailable", "the model's queue is full; retry shortly", {"Retry-After": "1"}
+            ) from None
         except asyncio.CancelledError:
             # A timed-out or abandoned request leaves the model's queue rather than use a batch slot.
             response.cancel()
             raise
+        if completion.error is not None:
+            raise APIError(500, "server_error", "the model failed on this request; see the service log")
         return prepared, completion
 
     def _usage(self, prepared: _Prepared, completion: Completion) -> schemas.Usage:
@@ -377,17 +438,16 @@ class MeerkatAPI:
             prompt_tokens=prompt, completion_tokens=completion.tokens, total_tokens=prompt + completion.tokens
         )
 
-    async def _task(self, task: str, request: Request, credentials: Credentials) -> schemas.TaskResponse:
-        self._authorize(credentials)
+    async def _task(self, task: str, request: Request) -> schemas.TaskResponse:
+        self._authorize(request)
 
         async def work() -> schemas.TaskResponse:
             params, raw = await inputs.task_request(
-                request, schemas.TASK_PARAMS[task], self.settings.max_request_bytes
+                request, schemas.TASK_PARAMS[task], self.settings.max_request_bytes, self._offload
             )
             instruction, fact_type = tasks.instruction(task, params)
-            prepared, completion = await self._run(
-                instruction, raw, params.max_new_tokens, params.temperature
-            )
+            sampling = Sampling(self._max_new_tokens(params.max_new_tokens), params.temperature)
+            prepared, completion = await self._run(instruction, raw, sampling)
             return schemas.TaskResponse(
                 id=f"task-{uuid.uuid4().hex}",
                 created=int(time.time()),
@@ -404,27 +464,55 @@ class MeerkatAPI:
 
         return await within_timeout(work(), self.settings.request_timeout_s)
 
-    # -- routes
+    # -- pages
 
     @api.get("/", include_in_schema=False)
-    def demo(self) -> HTMLResponse:
+    def demo(self, request: Request) -> HTMLResponse:
+        self._authorize(request, page=True)
         return HTMLResponse(self.demo_page)
+
+    @api.get("/docs", include_in_schema=False)
+    def docs(self, request: Request) -> HTMLResponse:
+        self._authorize(request, page=True)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Meerkat API")
+
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(self, request: Request) -> JSONResponse:
+        self._authorize(request, page=True)
+        return JSONResponse(api.openapi())
+
+    @api.get("/examples", include_in_schema=False)
+    def examples(self, request: Request) -> JSONResponse:
+        """The demo page's example scenes (see :mod:`serve.examples`)."""
+        self._authorize(request, page=True)
+        return JSONResponse(examples.index())
+
+    @api.get("/examples/{name}", include_in_schema=False)
+    def example_file(self, name: str, request: Request) -> Response:
+        self._authorize(request, page=True)
+        found = examples.file(name)
+        if found is None:
+            raise APIError(404, "not_found", "no such example file")
+        data, media_type = found
+        return Response(data, media_type=media_type, headers={"Cache-Control": "max-age=3600"})
+
+    # -- routes
 
     @api.get("/healthz", response_model=schemas.Health, responses={503: {"model": ErrorResponse}})
     async def healthz(self) -> schemas.Health:
         """Liveness of the whole path: this ingress and a model replica."""
         try:
             name = await asyncio.wait_for(self.model.ping.remote(), HEALTH_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, BackPressureError):
             raise APIError(
                 503, "service_unavailable", f"the model did not answer within {HEALTH_TIMEOUT_S:g} s"
             ) from None
         return schemas.Health(status="ok", model=name)
 
     @api.get("/v1/models", response_model=schemas.ModelList, responses={401: _ERRORS[401]})
-    def models(self, credentials: Credentials = Depends(_bearer)) -> schemas.ModelList:
+    def models(self, request: Request, credentials: Credentials = Depends(_bearer)) -> schemas.ModelList:
         """The served model (OpenAI ``GET /v1/models``)."""
-        self._authorize(credentials)
+        self._authorize(request)
         return schemas.ModelList(data=[schemas.ModelCard(id=self.name, created=self.started)])
 
     @api.post(
@@ -437,7 +525,7 @@ class MeerkatAPI:
         self, request: Request, credentials: Credentials = Depends(_bearer)
     ) -> schemas.TaskResponse:
         """Box the object in the image that makes the sound (``grounding.box``)."""
-        return await self._task("ground", request, credentials)
+        return await self._task("ground", request)
 
     @api.post(
         "/v1/localize",
@@ -449,7 +537,7 @@ class MeerkatAPI:
         self, request: Request, credentials: Credentials = Depends(_bearer)
     ) -> schemas.TaskResponse:
         """When the named object of the image is heard (``grounding.window``, seconds)."""
-        return await self._task("localize", request, credentials)
+        return await self._task("localize", request)
 
     @api.post(
         "/v1/factcheck",
@@ -461,7 +549,7 @@ class MeerkatAPI:
         self, request: Request, credentials: Credentials = Depends(_bearer)
     ) -> schemas.TaskResponse:
         """Whether a claim about the image and the sound holds (``grounding.verdict``)."""
-        return await self._task("factcheck", request, credentials)
+        return await self._task("factcheck", request)
 
     @api.post(
         "/v1/answer",
@@ -473,7 +561,7 @@ class MeerkatAPI:
         self, request: Request, credentials: Credentials = Depends(_bearer)
     ) -> schemas.TaskResponse:
         """Answer a question about the scene and its sound."""
-        return await self._task("answer", request, credentials)
+        return await self._task("answer", request)
 
     @api.post(
         "/v1/caption",
@@ -485,7 +573,7 @@ class MeerkatAPI:
         self, request: Request, credentials: Credentials = Depends(_bearer)
     ) -> schemas.TaskResponse:
         """Describe what is seen and heard."""
-        return await self._task("caption", request, credentials)
+        return await self._task("caption", request)
 
     @api.post(
         "/v1/chat/completions",
@@ -503,49 +591,76 @@ class MeerkatAPI:
     async def chat_completions(
         self, request: Request, credentials: Credentials = Depends(_bearer)
     ) -> schemas.ChatCompletion:
-        """OpenAI Chat Completions: one user message with text, an image_url and an input_audio part."""
-        self._authorize(credentials)
+        """OpenAI Chat Completions (also ``stream: true``): one user message carries an image_url
+        and an input_audio part; system messages and earlier turns are text context."""
+        self._authorize(request)
 
-        async def work() -> schemas.ChatCompletion:
+        async def work() -> schemas.ChatCompletion | StreamingResponse:
             kind = inputs.media_type(request)
             if kind != "application/json":
                 raise APIError(
                     415,
                     "unsupported_media_type",
-                    f"Content-Type must be application/json, got {kind or 'none'}",
+                    f"Content-Type must be application/json, got {inputs.excerpt(kind or 'none')}",
                 )
             body = await inputs.read_body(request, self.settings.max_request_bytes)
-            chat = inputs.validate(schemas.ChatCompletionRequest, inputs.parse_json(body))
-            if chat.stream:
-                raise invalid("stream: streaming responses are not supported")
-            if chat.n not in (None, 1):
-                raise invalid("n: only one choice per request is supported")
-            instruction, raw = inputs.chat_inputs(chat)
+            chat, instruction, raw = await self._offload(self._chat_sync, body)
             if chat.model != self.name:
                 raise APIError(
                     404,
                     "model_not_found",
-                    f"model {chat.model!r} is not served here; GET /v1/models lists it",
+                    f"model {inputs.excerpt(chat.model)} is not served here; GET /v1/models lists it",
                 )
-            prepared, completion = await self._run(
-                instruction, raw, chat.max_completion_tokens or chat.max_tokens, chat.temperature or 0.0
+            sampling = Sampling(
+                self._max_new_tokens(chat.max_completion_tokens or chat.max_tokens),
+                1.0 if chat.temperature is None else chat.temperature,
+                1.0 if chat.top_p is None else chat.top_p,
+                chat.seed,
+                inputs.stop_strings(chat),
             )
+            prepared, completion = await self._run(instruction, raw, sampling)
+            grounding = tasks.chat_grounding(completion.text, prepared.width, prepared.height)
+            content = completion.text
+            if chat.response_format is not None and chat.response_format.type == "json_object":
+                content = json.dumps({"text": completion.text, **grounding.model_dump()})
+            chat_id, created, usage = (
+                f"chatcmpl-{uuid.uuid4().hex}",
+                int(time.time()),
+                self._usage(prepared, completion),
+            )
+            if chat.stream:
+                events = sse_chunks(chat_id, created, self.name, completion, content, usage, grounding)
+
+                async def stream() -> AsyncIterator[str]:
+                    for event in events:
+                        yield event
+
+                return StreamingResponse(
+                    stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                )
             return schemas.ChatCompletion(
-                id=f"chatcmpl-{uuid.uuid4().hex}",
-                created=int(time.time()),
+                id=chat_id,
+                created=created,
                 model=self.name,
                 choices=[
                     schemas.Choice(
                         index=0,
-                        message=schemas.AssistantMessage(content=completion.text),
+                        message=schemas.AssistantMessage(content=content),
                         finish_reason=completion.finish_reason,
                     )
                 ],
-                usage=self._usage(prepared, completion),
-                grounding=tasks.chat_grounding(completion.text, prepared.width, prepared.height),
+                usage=usage,
+                grounding=grounding,
             )
 
         return await within_timeout(work(), self.settings.request_timeout_s)
+
+    @staticmethod
+    def _chat_sync(body: bytes) -> tuple[schemas.ChatCompletionRequest, str, inputs.Media]:
+        chat = inputs.validate(schemas.ChatCompletionRequest, inputs.parse_json(body))
+        inputs.chat_refusals(chat)
+        instruction, raw = inputs.chat_inputs(chat)
+        return chat, instruction, raw
 
 
 def app(args: dict[str, Any] | AppArgs) -> Application:
@@ -554,6 +669,7 @@ def app(args: dict[str, Any] | AppArgs) -> Application:
     ref = settings.model or os.environ.get(MODEL_REF_ENV)
     if not ref:
         raise ValueError(f"no model reference: pass the argument model=<ref> or set ${MODEL_REF_ENV}")
+    ref = registry.resolve_version(ref)  # once, at deploy: every replica loads this version
     name = settings.served_model_name or served_name(ref)
     settings = settings.model_copy(update={"model": ref, "served_model_name": name})
     return MeerkatAPI.bind(MeerkatModel.bind(ref, name, settings.device), settings)

@@ -13,8 +13,13 @@ divided by the sent image's width and height; ``box.pixels`` the same edges in p
 image (not of the model's 224-pixel crop); ``window.start_s``/``end_s`` are seconds from the start
 of the sent audio.
 
-``/v1/chat/completions`` follows the OpenAI Chat Completions API (non-streaming, ``n = 1``), with
-``image_url`` parts (data URLs only) and ``input_audio`` parts; its response adds ``grounding``.
+``/v1/chat/completions`` follows the OpenAI Chat Completions API (``n = 1``; ``stream`` as
+server-sent ``chat.completion.chunk`` events), with ``image_url`` parts (data URLs only) and
+``input_audio`` parts; its response (the last chunk, when streaming) adds ``grounding``. OpenAI
+parameters that would change the answer and that the service cannot honour (``tools``,
+``logprobs``, penalties, ``logit_bias``, ``n > 1``, a ``json_schema`` response format, audio output)
+are refused with 400 rather than ignored; the others (``user``, ``metadata``, ``store``, ...) are
+ignored. ``temperature`` defaults to 1 as in OpenAI's API (task endpoints: 0).
 """
 
 from __future__ import annotations
@@ -256,22 +261,60 @@ ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="t
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, max_length=64)
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool | None = None
+
+
+MAX_STOP = 4
 
 
 class ChatCompletionRequest(BaseModel):
-    """One user message holding text, one image and one audio clip."""
+    """Messages (system, user, assistant); one user message holds one image and one audio clip."""
 
     # Unknown OpenAI parameters are ignored, as other OpenAI-compatible servers do; the ones that
-    # would change the meaning of the answer (stream, n > 1) are refused explicitly.
+    # would change the meaning of the answer are refused explicitly (serve.inputs.chat_refusals).
     model_config = ConfigDict(extra="ignore")
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: FiniteFloat | None = Field(None, ge=0.0, le=2.0, description="Default 0 (greedy).")
-    n: int | None = Field(None, ge=1)
+    temperature: FiniteFloat | None = Field(
+        None, ge=0.0, le=2.0, description="Default 1 (OpenAI's); 0 is greedy (deterministic)."
+    )
+    top_p: FiniteFloat | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling; default 1.")
+    seed: int | None = Field(
+        None,
+        ge=-(2**63),
+        le=2**64 - 1,
+        description="Sampling seed: the same request with the same seed gives the same answer.",
+    )
+    stop: Annotated[str, Field(max_length=64)] | list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, description=f"Up to {MAX_STOP} strings; the answer ends before the first one."
+    )
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object: the message content is the grounding as a JSON object."
+    )
+    n: int | None = Field(None, ge=1, le=128)
     stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: FiniteFloat | None = None
+    frequency_penalty: FiniteFloat | None = None
+    logit_bias: dict[str, Any] | None = None
+    modalities: list[str] | None = None
 
 
 class AssistantMessage(BaseModel):
@@ -293,6 +336,29 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     grounding: Grounding
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion; the last carries usage and grounding."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    grounding: Grounding | None = None
 
 
 class ModelCard(BaseModel):

@@ -24,6 +24,10 @@ def test_config_yaml_is_a_valid_serve_deploy_config_for_the_builder():
     assert set(deployments) == {"MeerkatModel", "MeerkatAPI"}
     batching = serve_app.BatchingConfig.model_validate(deployments["MeerkatModel"].user_config)
     assert deployments["MeerkatModel"].max_ongoing_requests > batching.max_batch_size
+    for deployment in deployments.values():
+        # overload is a 503 at once; admitted requests outlive a shutdown
+        assert deployment.max_queued_requests > 0
+        assert deployment.graceful_shutdown_timeout_s >= args.request_timeout_s
 
 
 def test_load_config_overrides():
@@ -97,6 +101,44 @@ def test_auth_compares_digests():
         with pytest.raises(APIError) as info:
             auth.check(presented, digest)
         assert info.value.status == 401 and "s3cret" not in info.value.message
+
+
+def test_auth_reads_bearer_and_basic_and_asks_browsers_for_basic():
+    import base64
+
+    basic = "Basic " + base64.b64encode(b"anyone:s3cret").decode()
+    assert auth.presented_token("Bearer s3cret") == "s3cret" and auth.presented_token(basic) == "s3cret"
+    for header in (None, "", "Basic %%%", "Token s3cret"):
+        assert auth.presented_token(header) is None
+    digest = auth.token_digest("s3cret")
+    auth.check(auth.presented_token(basic), digest, page=True)
+    with pytest.raises(APIError) as info:
+        auth.check(None, digest, page=True)
+    assert info.value.headers["WWW-Authenticate"].startswith("Basic")
+    with pytest.raises(APIError) as info:
+        auth.check(None, digest)
+    assert info.value.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_streamed_chunks_parse_as_openai_chunks_and_end_with_usage_and_grounding():
+    from openai.types.chat import ChatCompletionChunk
+
+    from serve import schemas
+    from serve.generation import Completion
+
+    completion = Completion("[0.10, 0.20, 0.50, 0.60] is it", 9, "stop")
+    usage = schemas.Usage(prompt_tokens=10, completion_tokens=9, total_tokens=19)
+    grounding = schemas.Grounding(parsed=True, verdict=None)
+    events = serve_app.sse_chunks("c1", 5, "m", completion, completion.text, usage, grounding)
+    assert events[-1] == "data: [DONE]\n\n" and all(
+        e.startswith("data: ") and e.endswith("\n\n") for e in events
+    )
+    chunks = [ChatCompletionChunk.model_validate_json(e[len("data: ") :]) for e in events[:-1]]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == completion.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 19
+    assert chunks[-1].model_extra["grounding"]["parsed"] is True
 
 
 def test_auth_digest_from_the_environment(monkeypatch):

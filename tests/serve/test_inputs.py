@@ -161,7 +161,12 @@ def test_remote_urls_are_never_fetched():
         refused(400, "remote URLs are not fetched", inputs.data_url, url, "image_url", "image")
 
 
-LIMITS = {"sample_rate": 48_000, "max_pixels": 4096 * 4096, "max_seconds": 60.0}
+LIMITS = {
+    "sample_rate": 48_000,
+    "max_pixels": 4096 * 4096,
+    "max_seconds": 60.0,
+    "max_samples": 60 * 48_000 * 2,
+}
 
 
 def test_decode_media_resamples_and_reports_the_sent_sizes():
@@ -216,18 +221,42 @@ def test_chat_inputs_take_one_user_turn_with_one_image_and_one_clip():
 @pytest.mark.parametrize(
     ("request_", "fragment"),
     [
-        (chat(TEXT, IMAGE), "exactly one image_url and one input_audio"),
-        (chat(TEXT, IMAGE, IMAGE, AUDIO), "exactly one image_url and one input_audio"),
-        (chat(IMAGE, AUDIO), "no text"),
-        (chat(messages=[{"role": "user", "content": "hi"}]), "must be a list of parts"),
+        (chat(TEXT, IMAGE), "exactly one user message must carry one image_url and one input_audio"),
+        (chat(TEXT, IMAGE, IMAGE, AUDIO), "exactly one user message must carry one image_url"),
+        (chat(IMAGE, AUDIO), "has no text"),
+        (chat(messages=[{"role": "user", "content": "hi"}]), "exactly one user message must carry"),
         (
             chat(
                 messages=[
-                    {"role": "system", "content": "x"},
+                    {"role": "user", "content": [TEXT, IMAGE, AUDIO]},
+                    {"role": "assistant", "content": "[0.1, 0.2, 0.3, 0.4]"},
+                ]
+            ),
+            "the last message must be the user's",
+        ),
+        (
+            chat(
+                messages=[
+                    {"role": "user", "content": [TEXT, IMAGE, AUDIO]},
                     {"role": "user", "content": [TEXT, IMAGE, AUDIO]},
                 ]
             ),
-            "exactly one message, from the user",
+            "exactly one user message must carry",
+        ),
+        (
+            chat(
+                messages=[
+                    {"role": "system", "content": [IMAGE]},
+                    {"role": "user", "content": [TEXT, IMAGE, AUDIO]},
+                ]
+            ),
+            "only a user message may carry",
+        ),
+        (
+            chat(
+                messages=[{"role": "tool", "content": "x"}, {"role": "user", "content": [TEXT, IMAGE, AUDIO]}]
+            ),
+            "tool messages are not supported",
         ),
         (
             chat(TEXT, {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}, AUDIO),
@@ -238,7 +267,18 @@ def test_chat_inputs_take_one_user_turn_with_one_image_and_one_clip():
             "input_audio",
         ),
     ],
-    ids=["no-audio", "two-images", "no-text", "plain-string", "system-turn", "remote-url", "bad-base64"],
+    ids=[
+        "no-audio",
+        "two-images",
+        "no-text",
+        "no-media",
+        "assistant-last",
+        "media-twice",
+        "media-in-system",
+        "tool",
+        "remote-url",
+        "bad-base64",
+    ],
 )
 def test_chat_inputs_refuse_what_the_model_cannot_answer(request_, fragment):
     refused(400, fragment, inputs.chat_inputs, request_)
@@ -251,3 +291,128 @@ def test_chat_request_schema_rejects_unknown_audio_formats_and_ignores_unknown_p
         {"model": "m", "messages": [{"role": "user", "content": [TEXT]}], "top_p": 0.5, "user": "u"}
     )
     assert parsed.model == "m"
+
+
+def test_chat_history_and_system_messages_become_text_context():
+    messages = [
+        {"role": "system", "content": "Answer tersely."},
+        {"role": "user", "content": [TEXT, IMAGE, AUDIO]},
+        {"role": "assistant", "content": [{"type": "text", "text": "[0.10, 0.20, 0.50, 0.60]"}]},
+        {"role": "user", "content": "And when is it heard?"},
+    ]
+    text, media = inputs.chat_inputs(chat(messages=messages))
+    assert text == (
+        "System: Answer tersely.\nUser: Where is the sound?\nAssistant: [0.10, 0.20, 0.50, 0.60]\n"
+        "User: And when is it heard?"
+    )
+    assert media == inputs.Media(JPEG, WAV)
+    # a single user message is sent as it is (as the task endpoints send their instructions)
+    text, _ = inputs.chat_inputs(chat(messages=[{"role": "user", "content": [TEXT, IMAGE, AUDIO]}]))
+    assert text == "Where is the sound?"
+
+
+def _chat_body(**extra: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": [TEXT, IMAGE, AUDIO]}], **extra}
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"n": 2}, "n: only one choice"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools: the model does not call tools",
+        ),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": -1}, "frequency_penalty"),
+        ({"logit_bias": {"5": 10}}, "logit_bias"),
+        ({"modalities": ["text", "audio"]}, "text only"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "json_schema cannot"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop: at most 4"),
+    ],
+)
+def test_chat_parameters_that_cannot_be_honoured_are_refused(extra, fragment):
+    refused(400, fragment, inputs.chat_refusals, _chat_body(**extra))
+
+
+def test_chat_parameters_that_are_honoured_pass():
+    body = _chat_body(
+        stop="\n",
+        top_p=0.9,
+        seed=3,
+        response_format={"type": "json_object"},
+        tool_choice="none",
+        n=1,
+        user="u",
+    )
+    inputs.chat_refusals(body)
+    assert inputs.stop_strings(body) == ("\n",) and inputs.stop_strings(_chat_body(stop=["a", ""])) == ("a",)
+    assert _chat_body().temperature is None  # the ingress applies OpenAI's default, 1
+
+
+def test_huge_integers_and_deep_nesting_are_400_not_500():
+    refused(
+        400, "a number has too many digits", inputs.parse_json, b'{"max_new_tokens": ' + b"9" * 5000 + b"}"
+    )
+    refused(400, "nested too deeply", inputs.parse_json, b"[" * 100_000 + b"]" * 100_000)
+    refused(
+        422, "box: a number has too many digits", inputs._json_field, "box", "[" + "1" * 5000 + ", 0, 0, 0]"
+    )
+
+
+def test_messages_echo_short_excerpts_only():
+    long_mime = "data:image/" + "x" * 5000 + ";base64,aGk="
+    err = refused(400, "expected a data URL", inputs.data_url, long_mime, "image_url", "image")
+    assert len(err.message) < 200
+    err = refused(
+        415,
+        "expected image/*",
+        inputs.data_url,
+        "data:text/" + "y" * 60 + ";base64,aGk=",
+        "image_url",
+        "image",
+    )
+    assert len(err.message) < 200
+    err = refused(
+        422,
+        "",
+        inputs.validate,
+        ChatCompletionRequest,
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "z" * 5000}]}]},
+    )
+    assert len(err.message) < 1000
+
+
+def test_decoder_messages_are_cleaned_of_addresses_and_paths():
+    message = "cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e50> in /usr/lib/python3/x.py at 0xdeadbeef00"
+    cleaned = inputs.clean(message)
+    assert "0x" not in cleaned and "/usr" not in cleaned and "BytesIO" not in cleaned
+    assert cleaned.startswith("cannot identify image file the data")
+    err = refused(
+        400,
+        "image: cannot read image header",
+        inputs.decode_media,
+        inputs.Media(b"not an image", WAV),
+        **LIMITS,
+    )
+    assert "0x" not in err.message and "BytesIO" not in err.message
+
+
+def test_many_channel_audio_is_refused_before_decoding():
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((16_000, 64), np.float32), 16_000, format="WAV", subtype="PCM_16")
+    limits = {**LIMITS, "max_samples": 16_000 * 8}
+    err = refused(
+        400,
+        "audio: 64 channels x 16000 frames exceeds the limit",
+        inputs.decode_media,
+        inputs.Media(JPEG, buffer.getvalue()),
+        **limits,
+    )
+    assert err.type == "invalid_media"
