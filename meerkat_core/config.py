@@ -3,13 +3,34 @@
 Two tiers, as in torchtune/litgpt: :class:`ModelConfig` has every dimension as a field, and
 ``PRESETS`` names the two shapes this project ships:
 
-* ``"paper"`` — CLIP ViT-B/16 (224 px, 197 tokens), CLAP's HTSAT audio transformer, Llama-2-7B-Chat,
-  LoRA r=32 on ``q,k,v,o``. Weights come from ``name_or_path`` (a hub name or a local directory)
-  when ``build_model(..., pretrained=True)``; with ``pretrained=False`` the same shapes are built with
-  random weights (on ``device="meta"`` this allocates nothing).
+* ``"paper"`` — CLIP ViT-B/16 (224 px, 197 tokens), CLAP's HTSAT audio transformer, Llama-2-7B-Chat
+  with its own tokenizer, LoRA r=32 on ``q,k,v,o``. Weights come from ``name_or_path`` (a hub name
+  or a local directory) at ``revision`` when ``build_model(..., pretrained=True)``, through
+  :mod:`meerkat_core.pretrained` (every tensor accounted for; shapes from the checkpoint's own
+  config), and each encoder's front end from that checkpoint's ``preprocessor_config.json``
+  (:func:`meerkat_core.batching.front_ends`); with ``pretrained=False`` the preset's shapes are
+  built with random weights (on ``device="meta"`` this allocates nothing). Specifically:
+
+  - CLIP: ``openai/clip-vit-base-patch16``, the paper's ViT-B/16.
+  - CLAP: ``laion/clap-htsat-unfused``. The paper cites Microsoft's CLAP, but its audio encoder is
+    HTSAT and the authors' code loads LAION's CLAP; transformers implements only LAION's
+    ``ClapModel`` layout (Microsoft's checkpoints need the ``msclap`` package and another front
+    end). Unfused, because the fused variant mixes a downsampled whole clip with random 10-s crops
+    of a longer one, while this model encodes a clip as consecutive 10-s windows in time order
+    (:mod:`meerkat_core.encoders`), which the temporal task needs.
+  - Revisions: ``"main"`` for all three and the tokenizer (:data:`PAPER_REVISION`): branch names,
+    not commit hashes, since no commit could be verified from here. Pin them by overriding.
+  - ``base_dtype = "bfloat16"``: the frozen base (both encoders, the LLM's base weights) in bf16,
+    every trainable parameter in fp32 (:func:`meerkat_core.model.build_model`).
+  - AVACE is the paper's: ``avace.map_tokens`` and ``avace.map_box_tokens`` (the map written back
+    into the image tokens, and the box it implies as features on every token;
+    :mod:`meerkat_core.attention`) are off. Neither is in the paper; both were added for the tiny
+    model and are ablations here (``pipelines/ablate.py``).
 * ``"tiny"`` — the same transformers classes with small widths and depths, random weights and the
   offline tokenizer of :mod:`meerkat_core.tokenizer`; one training step takes well under a second
-  on a laptop CPU.
+  on a laptop CPU. float32 throughout. Both AVACE write-backs are on: a random tiny LLM did not
+  learn to turn a highlighted patch region into box coordinates on its own within a CPU budget
+  (the reasons are in :mod:`meerkat_core.attention`).
 
 Decisions the paper leaves open, made here (see also the module docstrings they refer to):
 
