@@ -21,9 +21,11 @@ and ``meerkat.variant=<name>``; at the end the side-by-side table is read back f
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 
 VARIANTS: dict[str, list[str]] = {
     "full": [],
@@ -44,21 +46,95 @@ VARIANTS: dict[str, list[str]] = {
     "full_ft": ["model.lora.r=0", "model.lora.modules_to_save=[]"],
 }
 
-COMPARE_METRICS = (
-    ("arig mIoU", "eval/arig/world/box_mean_iou"),
-    ("arig cIoU", "eval/arig/world/ciou"),
-    ("sounding", "eval/arig/world/sounding_rate"),
-    ("igatl F1", "eval/igatl/world/f1"),
-    ("avfact acc", "eval/avfact/world/accuracy"),
-    ("avqa acc", "eval/avqa/world/accuracy"),
-    ("avc CIDEr", "eval/avc/world/cider"),
-)
+# The metrics a comparison shows by default, per task (whichever datasets the runs were evaluated
+# on); ``meerkat compare --metrics`` picks others. Names as ``pipelines.evaluate`` logs them.
+COMPARE_METRICS: dict[str, tuple[str, ...]] = {
+    "arig": ("ciou", "auc", "box_mean_iou", "sounding_rate"),
+    "igatl": ("f1", "event_f1"),
+    "avfact": ("accuracy", "f1"),
+    "avqa": ("accuracy",),
+    "avc": ("cider",),
+}
+
+
+def _split_key(key: str) -> tuple[str, str, str | None, str] | None:
+    """``eval/<task>/<dataset>[/<baseline>]/<metric>`` -> (task, dataset, baseline or None, metric)."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[0] != "eval" or parts[1] == "skipped":
+        return None
+    task, dataset, rest = parts[1], parts[2], parts[3:]
+    if rest[0].startswith("baseline_"):
+        return (task, dataset, rest[0], "/".join(rest[1:])) if len(rest) > 1 else None
+    return task, dataset, None, "/".join(rest)
+
+
+def compare_table(
+    runs: Sequence[tuple[str, Mapping[str, float]]], patterns: Sequence[str] | None = None
+) -> str:
+    """A markdown table of evaluation runs ``(name, MLflow metrics)``: one row per run, one column per
+    (task, dataset, metric) that any run holds, then the first run's baselines on those columns.
+
+    Columns: the ``COMPARE_METRICS`` of each task, for every dataset found; with ``patterns``, every
+    ``<task>/<dataset>/<metric>`` matching one of them (``fnmatch``: ``"arig/*/mean_ciou"``, ``"*"``).
+    """
+    columns: set[tuple[str, str, str]] = set()
+    for _, values in runs:
+        for key in values:
+            split = _split_key(key)
+            if split is None or split[2] is not None:
+                continue
+            task, dataset, _, metric = split
+            name = f"{task}/{dataset}/{metric}"
+            wanted = (
+                any(fnmatch.fnmatchcase(name, p) for p in patterns)
+                if patterns
+                else metric in COMPARE_METRICS.get(task, ())
+            )
+            if wanted:
+                columns.add((task, dataset, metric))
+    if not columns:
+        return (
+            "no evaluation metrics" + (f" matching {list(patterns)}" if patterns else "") + " in these runs"
+        )
+    order = {task: i for i, task in enumerate(COMPARE_METRICS)}
+    ordered = sorted(
+        columns,
+        key=lambda c: (
+            order.get(c[0], len(order)),
+            c[0],
+            c[1],
+            COMPARE_METRICS.get(c[0], ()).index(c[2]) if c[2] in COMPARE_METRICS.get(c[0], ()) else 99,
+            c[2],
+        ),
+    )
+
+    def cell(values: Mapping[str, float], key: str) -> str:
+        return f"{values[key]:.3f}" if key in values else "–"
+
+    header = ["variant", *(f"{t} {d} {m}" for t, d, m in ordered)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, values in runs:
+        lines.append(
+            f"| {name} | " + " | ".join(cell(values, f"eval/{t}/{d}/{m}") for t, d, m in ordered) + " |"
+        )
+    if runs:
+        first = runs[0][1]
+        baselines = sorted({s[2] for s in map(_split_key, first) if s is not None and s[2] is not None})
+        for baseline in baselines:
+            cells = [cell(first, f"eval/{t}/{d}/{baseline}/{m}") for t, d, m in ordered]
+            if any(c != "–" for c in cells):
+                label = baseline.removeprefix("baseline_").replace("_", " ")
+                lines.append(f"| baseline: {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def compare(
-    ablation: str | None = None, experiment: str = "meerkat", run_ids: list[str] | None = None
+    ablation: str | None = None,
+    experiment: str = "meerkat",
+    run_ids: list[str] | None = None,
+    patterns: Sequence[str] | None = None,
 ) -> str:
-    """A markdown table of evaluation runs (of one ablation, or given ids), read back from MLflow."""
+    """``compare_table`` of evaluation runs (of one ablation, or given ids), read back from MLflow."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -72,26 +148,8 @@ def compare(
         runs = client.search_runs([exp.experiment_id], flt, order_by=["attributes.start_time ASC"])
     else:
         runs = [client.get_run(r) for r in run_ids]
-    header = "| variant | " + " | ".join(n for n, _ in COMPARE_METRICS) + " |"
-    lines = [header, "|" + "---|" * (len(COMPARE_METRICS) + 1)]
-    for run in runs:
-        name = run.data.tags.get("meerkat.variant", run.info.run_name)
-        cells = [f"{run.data.metrics[k]:.3f}" if k in run.data.metrics else "–" for _, k in COMPARE_METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if runs:
-        first = runs[0].data.metrics
-        base = [
-            ("mean box", "eval/arig/world/baseline_mean_box/box_mean_iou"),
-            ("random object", "eval/arig/world/baseline_random_object/box_mean_iou"),
-        ]
-        for label, key in base:
-            if key in first:
-                lines.append(f"| baseline: {label} | {first[key]:.3f} |" + " |" * (len(COMPARE_METRICS) - 1))
-        if "eval/avfact/world/baseline_majority/accuracy" in first:
-            cells = ["–"] * len(COMPARE_METRICS)
-            cells[4] = f"{first['eval/avfact/world/baseline_majority/accuracy']:.3f}"
-            lines.append("| baseline: majority | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    named = [(run.data.tags.get("meerkat.variant", run.info.run_name), run.data.metrics) for run in runs]
+    return compare_table(named, patterns)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -4,7 +4,8 @@ meerkat stack up|down|status        the embedded local stack (Ray, MLflow, S3 on
 meerkat demo                        the whole pipeline on this machine (make demo)
 meerkat build|train|evaluate ...    the Ray jobs (same arguments as python -m pipelines.<job>)
 meerkat ablate ...                  train + evaluate the ablation variants
-meerkat compare [--ablation ID]     side-by-side table of evaluation runs, read from MLflow
+meerkat compare [--ablation ID] [--metrics PATTERN ...]
+                                    side-by-side table of evaluation runs, read from MLflow
 meerkat serve [up|status|down] ...  the Serve application on the local stack (serve/deploy.py)
 """
 
@@ -35,8 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--ablation", default=None)
         p.add_argument("--experiment", default="meerkat")
         p.add_argument("--runs", nargs="*", default=None)
+        p.add_argument(
+            "--metrics",
+            nargs="*",
+            default=None,
+            help="<task>/<dataset>/<metric> patterns (e.g. 'arig/*/mean_ciou', '*'); default: the headline ones",
+        )
         a = p.parse_args(rest)
-        print(compare(a.ablation, a.experiment, a.runs))
+        print(compare(a.ablation, a.experiment, a.runs, a.metrics))
         return 0
     module = {"build": "build_avfit"}.get(command, command)
     job = __import__(f"pipelines.{module}", fromlist=["main"])

@@ -2,6 +2,12 @@
 
     ray job submit -- python -m pipelines.evaluate --model models:/meerkat-tiny/1 \\
         --data s3://meerkat/avfit/test [--tasks arig avfact] [--max-samples 500] [--actors 2]
+    # the paper's tables, on the paper's splits (VALOR-32K captions on val, the others on test):
+    ... --data s3://meerkat/avfit-public/test s3://meerkat/avfit-public/val --paper-splits
+
+The generation budget (``--max-new-tokens``) defaults to 48 new tokens, or to what the longest
+captioning reference of the data takes in the model's tokenizer when that is more (a pass over the
+samples' metadata before generation), so that no reference caption is cut by the budget.
 
 1. Ray Data streams the split's shards (:mod:`pipelines.data`) into a pool of model actors
    (:class:`Answerer`, one per GPU on a cluster, CPU here) that preprocess with the model's own
@@ -13,9 +19,15 @@
    and one constant caption. On the procedural world, where every object's box is known, it also
    measures the *sounding-object rate*: how often the predicted box overlaps the sounding object
    more than any other object — the number that shows the model uses the audio.
-3. MLflow: an evaluation run nested under the model's training run (``mlflow.parentRunId``),
-   metrics ``eval/<task>/<dataset>/<metric>`` (baselines under ``.../baseline_<name>/...``), and
-   artefacts: ``results.md`` (tables laid out like the paper's, with its numbers as reference
+   Metrics are the published protocols under the published names (``ciou``/``auc`` as EZ-VSL,
+   Flickr-SoundNet against its annotators' consensus; ``f1``/``event_f1`` as the LLP evaluation)
+   and the project's variants beside them under their own names (``mean_ciou``, ``box_mean_iou``,
+   ``micro_f1``, ``greedy_event_f1``); see :mod:`meerkat_core.metrics`.
+3. MLflow: an evaluation run nested under the model's training run (``mlflow.parentRunId``), with
+   the record behind its scores as params (``run_record``: each split's manifest URI, fingerprint
+   and counts, the decoding settings, the prompt templates' version, the box convention and the
+   code version), metrics ``eval/<task>/<dataset>/<metric>`` (baselines under
+   ``.../baseline_<name>/...``), and artefacts: ``results.md`` (tables laid out like the paper's, with its numbers as reference
    rows), the success-rate curve, boxes and AVACE attention on sample images, time windows on
    waveforms, and every prediction as a table.
 """
@@ -35,6 +47,10 @@ import numpy as np
 from meerkat_core import grounding, metrics
 
 logger = logging.getLogger("pipelines.evaluate")
+
+# Generation budget when no caption needs more (every other answer is a box, a few segments, a
+# verdict or a short phrase).
+DEFAULT_MAX_NEW_TOKENS = 48
 
 
 class Answerer:
@@ -241,6 +257,8 @@ def score(predictions: Sequence[dict], *, seed: int = 0) -> dict[str, dict[str, 
         results[task][dataset] = SCORERS[task](
             [r["prediction"] for r in rows], [r["meta"] for r in rows], rng
         )
+        # Which split the numbers come from, for the tables' comparison with the paper's.
+        results[task][dataset]["model"]["splits"] = sorted({str(r["meta"].get("split")) for r in rows})
     return dict(results)
 
 
@@ -267,9 +285,68 @@ def flatten_metrics(results: dict) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
+def in_paper_split(raw_json: bytes | str | None, paper_splits: dict[str, str]) -> bool:
+    """Whether a sample's ``json`` member is of the split the paper reports for its source
+    (``paper_splits``: ``report.PAPER_SPLITS``; other sources, such as the world, are kept)."""
+    if raw_json is None:
+        return True  # counted as bad_json by the Answerer
+    try:
+        meta = json.loads(raw_json)
+        return meta.get("split") == paper_splits.get(meta.get("source"), meta.get("split"))
+    except (ValueError, AttributeError):
+        return True
+
+
+def _read(data_uris: Sequence[str], paper_splits: bool) -> Any:
+    """One Ray dataset of the raw samples of every split directory in ``data_uris``."""
+    from pipelines.data import read_samples
+
+    datasets = [read_samples(uri) for uri in data_uris]
+    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    if paper_splits:
+        from pipelines.report import PAPER_SPLITS
+
+        splits = dict(PAPER_SPLITS)  # captured, so the workers need not import the report module
+        ds = ds.filter(lambda row: in_paper_split(row.get("json"), splits))
+    return ds
+
+
+def caption_budget(references: Sequence[str], tokenizer: Any, floor: int = 48) -> int:
+    """New tokens that fit the longest reference caption as the model was trained to write it
+    (``prompts.chat_target(reference)`` and EOS), and at least ``floor``."""
+    from meerkat_core.prompts import chat_target
+
+    longest = max(
+        (len(tokenizer(chat_target(ref), add_special_tokens=False)["input_ids"]) for ref in references),
+        default=0,
+    )
+    return max(floor, longest + 1)
+
+
+def measure_caption_budget(
+    model_ref: str, data_uris: Sequence[str], *, paper_splits: bool, floor: int = 48
+) -> tuple[int, int]:
+    """``(budget, n_references)``: ``caption_budget`` over the captioning references of the data,
+    with the model's own tokenizer (read from its directory, not the whole model)."""
+    from transformers import AutoTokenizer
+
+    from pipelines import registry
+
+    ds = _read(data_uris, paper_splits)
+    references: list[str] = []
+    for row in ds.select_columns(["json"]).iter_rows():
+        meta = json.loads(row["json"]) if row.get("json") is not None else {}
+        if meta.get("task") == "avc":
+            references += list(meta.get("references") or [meta.get("answer", "")])
+    if not references:
+        return floor, 0
+    tokenizer = AutoTokenizer.from_pretrained(registry.resolve(model_ref) / registry.TOKENIZER_DIR)
+    return caption_budget(references, tokenizer, floor), len(references)
+
+
 def predict(
     model_ref: str,
-    data_uri: str,
+    data_uri: str | Sequence[str],
     *,
     tasks: Sequence[str] | None,
     max_samples: int | None,
@@ -278,15 +355,21 @@ def predict(
     max_new_tokens: int,
     cpus_per_actor: float,
     gpus_per_actor: float,
+    paper_splits: bool = False,
 ) -> list[dict]:
-    """Every (kept) sample of the split with the model's answer, through a pool of model actors."""
+    """Every (kept) sample of the split(s) with the model's answer, through a pool of model actors.
+
+    ``data_uri``: one split directory or several (e.g. ``test`` and ``val`` for the paper's
+    tables); ``paper_splits`` keeps only each source's split the paper reports.
+    """
     import mlflow
     import ray.data
 
-    from pipelines.data import read_samples, skip_counter
+    from pipelines.data import skip_counter
 
     skip_counter()
-    ds = read_samples(data_uri)
+    data_uris = [data_uri] if isinstance(data_uri, str) else list(data_uri)
+    ds = _read(data_uris, paper_splits)
     if max_samples:
         ds = ds.limit(max_samples)
     ds = ds.map_batches(
@@ -324,28 +407,105 @@ def _train_run_id(model_ref: str) -> str | None:
     return client.get_model_version(name, version).run_id
 
 
+def prompt_templates_version() -> str:
+    """A short hash of everything that shapes a prompt or a target: the instruction templates, the
+    chat format around them, the answer format and the verdict words (``meerkat_core.prompts``)."""
+    import hashlib
+
+    from meerkat_core import prompts
+
+    spec = {
+        "templates": prompts.TEMPLATES,
+        "chat": prompts.chat_prompt_parts(),
+        "target": prompts.chat_target("{answer}"),
+        "verdicts": prompts.FACT_ANSWERS,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def code_version() -> str:
+    """``git:<commit>`` (``+dirty`` with uncommitted changes) of the checkout this runs from, or
+    ``meerkat-ray==<version>`` where there is no git checkout (an installed package, a Ray
+    working_dir upload)."""
+    import importlib.metadata
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        return f"git:{commit}" + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"meerkat-ray=={importlib.metadata.version('meerkat-ray')}"
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+
+def run_record(data_uris: Sequence[str], decoding: dict[str, Any], *, paper_splits: bool) -> dict[str, Any]:
+    """The MLflow params that say what a score was computed on and how: each split's manifest
+    (URI, build fingerprint, sample total and counts per task, source and split), the decoding
+    settings, the prompt templates' version, the box coordinate convention and the code version."""
+    from meerkat_core.media import BOX_CONVENTION
+    from pipelines.avfit.shards import read_manifest
+
+    params: dict[str, Any] = {}
+    for i, uri in enumerate(data_uris):
+        manifest = read_manifest(uri)
+        prefix = "data" if len(data_uris) == 1 else f"data.{i}"
+        params[f"{prefix}.uri"] = uri
+        params[f"{prefix}.fingerprint"] = str(manifest.get("fingerprint"))
+        params[f"{prefix}.total"] = int(manifest["total"])
+        for field, counts in (manifest.get("counts") or {}).items():
+            params[f"{prefix}.counts.{field}"] = json.dumps(counts, sort_keys=True)
+    params["data.paper_splits"] = paper_splits
+    params.update({f"decoding.{k}": v for k, v in decoding.items()})
+    params["prompt.templates_version"] = prompt_templates_version()
+    params["boxes.convention"] = BOX_CONVENTION
+    params["code.version"] = code_version()
+    return params
+
+
 def log_to_mlflow(
     results: dict,
     rows: list[dict],
     *,
     model_ref: str,
-    data_uri: str,
+    data_uri: str | Sequence[str],
     experiment: str,
     run_name: str | None,
     skipped: dict[str, int],
+    record: dict[str, Any] | None = None,
 ) -> str:
-    """One evaluation run, nested under the training run; returns its id."""
+    """One evaluation run, nested under the training run; returns its id.
+
+    ``record`` (``run_record``) is logged as params beside the model and the sample count.
+    """
     import mlflow
 
     from pipelines import report, storage
 
+    data_uris = [data_uri] if isinstance(data_uri, str) else list(data_uri)
     mlflow.set_experiment(experiment)
     parent = _train_run_id(model_ref)
-    tags = {"meerkat.kind": "evaluation", "meerkat.model_ref": model_ref, "meerkat.data": data_uri}
+    tags = {"meerkat.kind": "evaluation", "meerkat.model_ref": model_ref, "meerkat.data": " ".join(data_uris)}
     if parent:
         tags.update({"mlflow.parentRunId": parent, "meerkat.train_run_id": parent})
     with mlflow.start_run(run_name=run_name or f"eval {model_ref}", tags=tags) as run:
-        mlflow.log_params({"model": model_ref, "data": data_uri, "n_samples": len(rows)})
+        mlflow.log_params({"model": model_ref, "n_samples": len(rows), **(record or {"data": data_uris[0]})})
         mlflow.log_metrics(flatten_metrics(results))
         mlflow.log_metrics({f"eval/skipped/{k}": float(v) for k, v in skipped.items()})
         tables = report.results_markdown(
@@ -375,7 +535,7 @@ def log_to_mlflow(
             for r in arig[:8]:
                 items.append(
                     {
-                        "image": _member(data_uri, r["key"], "jpg", storage),
+                        "image": _member(data_uris, r["key"], "jpg", storage),
                         "gt_boxes": r["meta"]["boxes"],
                         "pred_box": grounding.parse_box(r["prediction"]),
                         "attn": np.asarray(r["attn"]) if r.get("attn") is not None else None,
@@ -387,7 +547,7 @@ def log_to_mlflow(
         if igatl:
             items = [
                 {
-                    "audio": _member(data_uri, r["key"], "flac", storage),
+                    "audio": _member(data_uris, r["key"], "flac", storage),
                     "gt_segments": r["meta"]["segments"],
                     "pred_segments": metrics.parse_segments(r["prediction"]) or [],
                     "duration": float(r["meta"]["duration"]),
@@ -399,20 +559,20 @@ def log_to_mlflow(
         return run.info.run_id
 
 
-def _member(data_uri: str, key: str, ext: str, storage: Any) -> bytes:
-    """One member of one sample, found through the manifest's shards (for the drawings only)."""
+def _member(data_uris: Sequence[str], key: str, ext: str, storage: Any) -> bytes:
+    """One member of one sample, found through the manifests' shards (for the drawings only)."""
     import io
     import tarfile
 
     from pipelines.avfit.shards import shard_uris
 
-    for uri in shard_uris(data_uri):
+    for uri in (shard for data_uri in data_uris for shard in shard_uris(data_uri)):
         with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(uri))) as tar:
             try:
                 return tar.extractfile(f"{key}.{ext}").read()
             except KeyError:
                 continue
-    raise KeyError(f"{key}.{ext} not in {data_uri}")
+    raise KeyError(f"{key}.{ext} not in {' '.join(data_uris)}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -423,12 +583,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--model", required=True, help="models:/name/version, runs:/id/model, s3:// checkpoint or directory"
     )
-    p.add_argument("--data", required=True, help="shard directory of one split (with manifest.json)")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="shard directories of one or more splits (with manifest.json)",
+    )
+    p.add_argument(
+        "--paper-splits",
+        action="store_true",
+        help="keep each source's split the paper reports (VALOR-32K val, AVQA val, the others test)",
+    )
     p.add_argument("--tasks", nargs="*", default=None)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation budget; default: 48, or more when the longest caption reference needs it",
+    )
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--experiment", default="meerkat")
@@ -437,6 +612,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     init_ray()
+    max_new_tokens, budget_from = args.max_new_tokens, "argument"
+    if max_new_tokens is None:
+        if args.tasks and "avc" not in args.tasks:
+            max_new_tokens, budget_from = DEFAULT_MAX_NEW_TOKENS, "default"
+        else:
+            max_new_tokens, n_refs = measure_caption_budget(
+                args.model, args.data, paper_splits=args.paper_splits, floor=DEFAULT_MAX_NEW_TOKENS
+            )
+            budget_from = f"longest of {n_refs} caption references" if n_refs else "default"
+        logger.info("max_new_tokens %d (%s)", max_new_tokens, budget_from)
     rows = predict(
         args.model,
         args.data,
@@ -444,12 +629,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         max_samples=args.max_samples,
         actors=args.actors,
         batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         cpus_per_actor=args.cpus_per_actor,
         gpus_per_actor=args.gpus_per_actor,
+        paper_splits=args.paper_splits,
     )
     results = score(rows, seed=args.seed)
     skipped = skip_counts()
+    decoding = {
+        "strategy": "greedy",
+        "num_beams": 1,
+        "max_new_tokens": max_new_tokens,
+        "max_new_tokens_from": budget_from,
+        "batch_size": args.batch_size,
+        "padding_side": "left",
+    }
     run_id = log_to_mlflow(
         results,
         rows,
@@ -458,6 +652,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         experiment=args.experiment,
         run_name=args.run_name,
         skipped=skipped,
+        record=run_record(args.data, decoding, paper_splits=args.paper_splits),
     )
     from pipelines import report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -98,6 +99,63 @@ def test_metric_names_follow_the_convention():
     }
 
 
+def test_paper_split_filter():
+    splits = {"valor": "val", "vggss": "test"}
+    assert evaluate.in_paper_split(b'{"source": "valor", "split": "val"}', splits)
+    assert not evaluate.in_paper_split(b'{"source": "valor", "split": "test"}', splits)
+    assert evaluate.in_paper_split('{"source": "world", "split": "test"}', splits)  # not in the paper
+    assert evaluate.in_paper_split(None, splits)  # left for the Answerer to count as bad
+
+
+def test_caption_budget_fits_the_longest_reference():
+    from meerkat_core.prompts import chat_target
+    from meerkat_core.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(None)
+    short, long = "a dog barks.", " ".join(["a man plays a red guitar on a stage while people clap"] * 8)
+    n_long = len(tokenizer(chat_target(long), add_special_tokens=False)["input_ids"])
+    assert n_long + 1 > 48  # the old fixed budget would cut it
+    assert evaluate.caption_budget([short, long], tokenizer) == n_long + 1  # + EOS
+    assert evaluate.caption_budget([short], tokenizer) == 48  # the floor
+    assert evaluate.caption_budget([], tokenizer, floor=16) == 16
+
+
+def test_run_record_names_the_data_decoding_prompts_boxes_and_code(tmp_path):
+    from pipelines.avfit import shards
+    from pipelines.avfit.world import WORLD_PRESETS, iter_samples
+
+    test_uri, val_uri = str(tmp_path / "test"), str(tmp_path / "val")
+    written = {}
+    for uri, split, n in ((test_uri, "test", 3), (val_uri, "val", 2)):
+        with shards.ShardWriter(uri, max_count=20, fingerprint=f"fp-{split}") as writer:
+            samples = list(iter_samples(WORLD_PRESETS["easy"], split, n, 5))  # several tasks per scene
+            for sample in samples:
+                writer.write(sample)
+        written[split] = len(samples)
+    record = evaluate.run_record([test_uri, val_uri], {"max_new_tokens": 64}, paper_splits=True)
+    assert record["data.0.uri"] == test_uri and record["data.1.uri"] == val_uri
+    assert (record["data.0.fingerprint"], record["data.1.fingerprint"]) == ("fp-test", "fp-val")
+    assert (record["data.0.total"], record["data.1.total"]) == (written["test"], written["val"])
+    assert json.loads(record["data.1.counts.split"]) == {"val": written["val"]}
+    assert sum(json.loads(record["data.0.counts.task"]).values()) == written["test"]
+    assert record["decoding.max_new_tokens"] == 64 and record["data.paper_splits"] is True
+    assert record["boxes.convention"].startswith("xyxy normalised to the original image")
+    assert len(record["prompt.templates_version"]) == 12
+    assert record["prompt.templates_version"] == evaluate.prompt_templates_version()  # stable
+    assert record["code.version"].startswith(("git:", "meerkat-ray==")), record["code.version"]
+    single = evaluate.run_record([test_uri], {}, paper_splits=False)
+    assert single["data.uri"] == test_uri and "data.0.uri" not in single
+
+
+def test_prompt_version_changes_with_a_template(monkeypatch):
+    from meerkat_core import prompts
+
+    before = evaluate.prompt_templates_version()
+    changed = {**prompts.TEMPLATES, "arig": (*prompts.TEMPLATES["arig"], "Where? {obj}")}
+    monkeypatch.setattr(prompts, "TEMPLATES", changed)
+    assert evaluate.prompt_templates_version() != before
+
+
 def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path, monkeypatch):
     import mlflow
 
@@ -126,6 +184,12 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
     client = mlflow.MlflowClient(mlflow_server)
     run = client.get_run(out["eval_run_id"])
     assert run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    params = run.data.params
+    assert params["data.uri"] == data_uri and params["data.fingerprint"] == "t"
+    assert int(params["data.total"]) == out["n"]
+    assert params["decoding.max_new_tokens"] == "16" and params["decoding.strategy"] == "greedy"
+    for key in ("prompt.templates_version", "boxes.convention", "code.version", "data.counts.task"):
+        assert params[key], key
     keys = set(run.data.metrics)
     for k in (
         "eval/arig/world/ciou",
@@ -148,3 +212,35 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
         "plots/grounding.png",
         "plots/segments.png",
     } <= artifacts
+
+
+def test_compare_reads_whatever_datasets_and_metrics_the_runs_hold():
+    from pipelines.ablate import compare_table
+
+    public = {
+        "eval/arig/vggss/ciou": 0.41,
+        "eval/arig/vggss/auc": 0.4,
+        "eval/arig/vggss/mean_ciou": 0.38,
+        "eval/arig/vggss/baseline_mean_box/ciou": 0.12,
+        "eval/arig/flickr_soundnet/ciou": 0.7,
+        "eval/igatl/llp/f1": 0.5,
+        "eval/igatl/llp/micro_f1": 0.6,
+        "eval/avc/valor/cider": 0.3,
+        "eval/avfact/openimages_audioset/per_type/type1/f1": 0.9,
+        "eval/skipped/bad_media": 2.0,
+    }
+    world = {"eval/arig/world/ciou": 0.9, "eval/avqa/world/accuracy": 0.8}
+    table = compare_table([("public", public), ("world", world)])
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| variant | arig flickr_soundnet ciou | arig vggss ciou | arig vggss auc | arig world ciou | "
+        "igatl llp f1 | avqa world accuracy | avc valor cider |"
+    )
+    assert lines[2] == "| public | 0.700 | 0.410 | 0.400 | – | 0.500 | – | 0.300 |"
+    assert lines[3] == "| world | – | – | – | 0.900 | – | 0.800 | – |"
+    assert lines[4] == "| baseline: mean box | – | 0.120 | – | – | – | – | – |"
+    # Any metric by pattern, the project's variants included.
+    chosen = compare_table([("public", public)], ["igatl/*/*", "arig/vggss/mean_ciou"])
+    assert chosen.splitlines()[0] == "| variant | arig vggss mean_ciou | igatl llp f1 | igatl llp micro_f1 |"
+    assert "per_type/type1/f1" in compare_table([("public", public)], ["avfact/*"])
+    assert compare_table([("x", {"eval/skipped/bad_json": 1.0})]).startswith("no evaluation metrics")

@@ -94,8 +94,9 @@ def test_paper_rows_printed_as_in_the_paper():
     markdown = report.results_markdown({})
     assert "| MEERKAT (paper) | 48.51 | 45.62 | 88.35 | 67.88 | 65.23 | 56.10 | 79.82 | 65.35 |" in markdown
     assert "| BuboGPT (paper) | 40.31 | 39.68 | 81.17 | 62.29 | 58.52 | 51.63 | 74.33 | 59.49 |" in markdown
-    assert "| MEERKAT (paper) | 54.96 | 56.85 |" in markdown
-    assert "| TimeChat (paper) | 51.28 | 54.66 |" in markdown
+    # Table 4: segment-level F1 (the paper's column), then the event level the paper does not report.
+    assert "| MEERKAT (paper) | 54.96 | – | 56.85 | – |" in markdown
+    assert "| TimeChat (paper) | 51.28 | – | 54.66 | – |" in markdown
     assert "| MEERKAT (paper) | 0.85 | 0.83 | 0.84 | 0.88 |" in markdown
     assert "| TimeChat (paper) | 0.74 | 0.76 | 0.74 | 0.82 |" in markdown
     assert (
@@ -120,7 +121,7 @@ RESULTS = {
         "vggss": {"ciou": 0.4234, "auc": 0.41236, "mean_ciou": 0.39, "n": 200, "n_unparsed": 3},
         "world": {"ciou": 0.9, "auc": 0.7, "mean_ciou": 0.8, "n": 64, "n_unparsed": 0},
     },
-    "igatl": {"llp": {"f1": 0.5, "precision": 0.5, "recall": 0.5, "n": 40}},
+    "igatl": {"llp": {"f1": 0.5, "event_f1": 0.25, "micro_f1": 0.6, "n": 40, "splits": ["test"]}},
     "avfact": {
         "world": {
             "f1": 0.8,
@@ -155,7 +156,13 @@ def test_this_run_in_the_papers_units():
     assert arig["AVSBench AUC ↑"] == "–"
 
     igatl = _row(_table(markdown, "Table 4"), "run 7")
-    assert igatl == {"Model": "run 7", "LLP F1-score ↑": "50.00", "AudioSet-Strong F1-score ↑": "–"}
+    assert igatl == {
+        "Model": "run 7",
+        "LLP F1-score ↑": "50.00",
+        "LLP event F1@0.5 ↑": "25.00",
+        "AudioSet-Strong F1-score ↑": "–",
+        "AudioSet-Strong event F1@0.5 ↑": "–",
+    }
 
     avfact = _row(_table(markdown, "Table 5"), "run 7 (procedural world)")
     assert [avfact[f"Type {t} F1-score ↑"] for t in (1, 2, 3, 4)] == ["0.81", "0.50", "–", "–"]
@@ -176,9 +183,25 @@ def test_world_gets_its_own_columns_after_the_papers():
     assert _row(rows, "MEERKAT (paper)")["procedural world cIoU ↑"] == "–"
     assert _row(rows, "this run")["procedural world cIoU ↑"] == "90.00"
     assert _row(rows, "this run")["procedural world AUC ↑"] == "70.00"
-    assert "This run's samples: VGG-SS 200, procedural world 64." in markdown
+    assert "This run's samples: VGG-SS 200 (paper 4.38K), procedural world 64." in markdown
     # No world column where the world was not evaluated.
     assert not any("procedural world" in h for h in _table(markdown, "Table 4")[0])
+
+
+def test_sample_counts_beside_the_papers_and_the_split_checked():
+    results = {
+        "avc": {"valor": {"cider": 0.5, "n": 50, "splits": ["test"]}},
+        "avqa": {"avqa": {"accuracy": 0.5, "n": 12, "splits": ["test"], "per_category": {}}},
+        "avfact": {"world": {"f1": 0.5, "n": 32}},
+    }
+    markdown = report.results_markdown(results)
+    # VALOR-32K captions are read on val in the paper; AVQA's "test" is its val_qa.json, as the paper.
+    assert (
+        "AVQA: AVQA 12 (paper 16.90K); AVC: VALOR-32K 50 (paper 3.50K) on test, not the paper's val."
+        in markdown
+    )
+    assert "procedural world 32." in markdown  # no paper count for the world
+    assert report.PAPER_SPLITS["valor"] == "val" and report.PAPER_SPLITS["music_avqa"] == "test"
 
 
 def test_per_type_keys_survive_a_json_round_trip():
