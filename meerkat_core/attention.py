@@ -90,8 +90,9 @@ class _CrossAttention(nn.Module):
         k = self.k(ctx).view(b, m, h, d // h).transpose(1, 2)  # [B, h, m, d/h]
         v = self.v(ctx).view(b, m, h, d // h).transpose(1, 2)
         logits = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # [B, h, n, m]
-        probs = logits.softmax(dim=-1)  # a distribution over the context tokens per query
-        mixed = F.dropout(probs, self.dropout, self.training) @ v  # [B, h, n, d/h]
+        # float32 whatever the module's dtype (a bf16 mixed-precision policy): the map and L_AC read these
+        probs = logits.float().softmax(dim=-1)  # a distribution over the context tokens per query
+        mixed = F.dropout(probs, self.dropout, self.training).to(v.dtype) @ v  # [B, h, n, d/h]
         return self.out(mixed.transpose(1, 2).reshape(b, n, d)), probs
 
 
@@ -191,7 +192,7 @@ class AVACE(nn.Module):
         box = map_box(attn.float() ** MAP_BOX_POWER, self.grid)  # [B, 4]
         img_out = self.norm_img(img_pos + img_ctx)  # [B, M, d]
         if self.map_tokens:
-            img_out = img_out + attn.unsqueeze(-1) * self.sound_embed
+            img_out = img_out + attn.unsqueeze(-1).to(img_out.dtype) * self.sound_embed
         if self.map_box_tokens:
             img_out = img_out + self.where(fourier_features(box).to(img.dtype))[:, None]  # + [B, 1, d]
         aud_out = self.norm_aud(aud + aud_ctx)
@@ -222,11 +223,11 @@ def attention_consistency_loss(
         mask: ``[B, h, w]`` box mask (1 inside the box).
 
     Returns:
-        ``[B]`` per-sample losses.
+        ``[B]`` per-sample losses, float32.
     """
     if attn.shape != mask.shape:
         raise ValueError(f"attention {tuple(attn.shape)} and mask {tuple(mask.shape)} differ in shape")
-    mask = mask.to(attn.dtype)
+    attn, mask = attn.float(), mask.float()  # computed in float32 whatever the map's dtype
     inside = (mask * attn).sum(dim=(-2, -1)) / (mask.sum(dim=(-2, -1)) + eps1)
     outside = ((1 - mask) * attn).sum(dim=(-2, -1)) / ((1 - mask).sum(dim=(-2, -1)) + eps2)
     return lambda1 * (1 - inside) + lambda2 * outside

@@ -144,3 +144,13 @@ def test_map_write_backs_are_switches_and_off_means_the_unfused_tokens():
                     p.weight.normal_()
         assert not torch.allclose(one(img, aud).img, out.img)
         torch.testing.assert_close(one(img, aud).attn_map, out.attn_map)
+
+
+def test_map_and_consistency_loss_are_float32_in_a_bf16_avace():
+    torch.manual_seed(0)
+    avace = AVACE(img_dim=12, aud_dim=10, dim=16, num_heads=2, grid=4).to(torch.bfloat16)
+    out = avace(torch.randn(2, 16, 12, dtype=torch.bfloat16), torch.randn(2, 5, 10, dtype=torch.bfloat16))
+    assert out.attn_map.dtype == torch.float32 and out.img.dtype == torch.bfloat16
+    torch.testing.assert_close(out.attn_map.flatten(1).amax(dim=1), torch.ones(2))
+    loss = attention_consistency_loss(out.attn_map.to(torch.bfloat16), _mask().expand(2, 4, 4))
+    assert loss.dtype == torch.float32
