@@ -312,7 +312,10 @@ def sse_chunks(
         chunk = schemas.ChatCompletionChunk(
             id=chunk_id, created=created, model=model, choices=choices, **extra
         )
-        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+        data = chunk.model_dump(mode="json", exclude_none=True)
+        if chunk.grounding is not None:  # every field, nulls included, as in the non-streamed answer
+            data["grounding"] = chunk.grounding.model_dump(mode="json")
+        return f"data: {json.dumps(data)}\n\n"
 
     events = [event([schemas.ChunkChoice(delta=schemas.Delta(role="assistant", content=""))])]
     events += [event([schemas.ChunkChoice(delta=schemas.Delta(content=w))]) for w in _WORDS.findall(content)]

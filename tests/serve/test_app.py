@@ -138,7 +138,7 @@ def test_streamed_chunks_parse_as_openai_chunks_and_end_with_usage_and_grounding
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == completion.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 19
-    assert chunks[-1].model_extra["grounding"]["parsed"] is True
+    assert chunks[-1].model_extra["grounding"] == grounding.model_dump()
 
 
 def test_auth_digest_from_the_environment(monkeypatch):

@@ -136,7 +136,7 @@ def test_openai_client_sees_errors_as_openai_errors(meerkat_service):
         client.models.list()
 
 
-def test_auth_is_required_on_the_api_but_not_on_health_docs_and_demo(meerkat_service):
+def test_auth_is_required_everywhere_but_health_and_pages_take_basic(meerkat_service):
     with httpx.Client(base_url=meerkat_service.url, timeout=TIMEOUT) as anonymous:
         for path in ("/v1/models",):
             response = anonymous.get(path)
@@ -145,10 +145,29 @@ def test_auth_is_required_on_the_api_but_not_on_health_docs_and_demo(meerkat_ser
         response = anonymous.post("/v1/ground", json={}, headers={"Authorization": "Bearer nope"})
         assert response.status_code == 401
         assert anonymous.get("/healthz").json()["status"] == "ok"
-        assert "swagger" in anonymous.get("/docs").text.lower()
-        assert "/v1/chat/completions" in anonymous.get("/openapi.json").json()["paths"]
-        page = anonymous.get("/")
+        for path in ("/", "/docs", "/openapi.json", "/examples"):
+            response = anonymous.get(path)
+            assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Basic"), (
+                path
+            )
+        basic = httpx.BasicAuth("anyone", meerkat_service.token)
+        assert "swagger" in anonymous.get("/docs", auth=basic).text.lower()
+        assert "/v1/chat/completions" in anonymous.get("/openapi.json", auth=basic).json()["paths"]
+        page = anonymous.get("/", auth=basic)
         assert page.status_code == 200 and 'id="image-canvas"' in page.text
+        assert anonymous.get("/v1/models", auth=basic).status_code == 200
+
+
+def test_examples_are_held_out_scenes_served_as_files(client, scenes):
+    listed = client.get("/examples").json()
+    assert len(listed) >= 2
+    first = listed[0]
+    image, audio = client.get(first["image"]), client.get(first["audio"])
+    assert image.headers["content-type"] == "image/jpeg" and image.content == scenes[0].image
+    assert audio.headers["content-type"] == "audio/flac" and audio.content == scenes[0].audio
+    assert first["object"] == scenes[0].object and first["window"] == scenes[0].window
+    assert client.get("/examples/scene-99.jpg").status_code == 404
+    assert client.get("/examples/..%2Fapp.py").status_code == 404
 
 
 def test_models_lists_the_registered_model(client, registered_model):
