@@ -62,6 +62,7 @@ ordering of numbers that a pretrained LLM already knows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -536,20 +537,22 @@ def base_dtype(config: ModelConfig) -> torch.dtype:
     return torch.float32 if config.lora.full_finetune else getattr(torch, config.base_dtype)
 
 
+def _inputs_to_param_dtype(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    # the parameters' dtype at call time: float32, or FSDP's compute dtype while it is gathered
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _output_to(dtype: torch.dtype, _module: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
+    return out.to(dtype) if torch.is_tensor(out) and out.is_floating_point() else out
+
+
 def _compute_in_float32(module: nn.Module, out_dtype: torch.dtype) -> None:
     """A float32 module inside a lower-precision base: cast its floating inputs to float32 and its
-    floating output back to ``out_dtype``, so that its neighbours see the base dtype."""
-
-    def before(m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        # the parameters' dtype at call time: float32, or FSDP's compute dtype while it is gathered
-        dtype = next(m.parameters()).dtype
-        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-
-    def after(_m: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
-        return out.to(out_dtype) if torch.is_tensor(out) and out.is_floating_point() else out
-
-    module.register_forward_pre_hook(before)
-    module.register_forward_hook(after)
+    floating output back to ``out_dtype``, so that its neighbours see the base dtype. (Module-level
+    hooks, so that the model still pickles.)"""
+    module.register_forward_pre_hook(_inputs_to_param_dtype)
+    module.register_forward_hook(functools.partial(_output_to, out_dtype))
 
 
 def build_model(
