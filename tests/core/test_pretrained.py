@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 
@@ -374,6 +375,9 @@ def test_bf16_base_tiny_model_trains_fp32_parameters_on_fp32_ot_and_ac():
     # the same weights in float32 give nearly the same loss: bf16 changes precision, not the model
     ref = build_model(tiny, pretrained=False, seed=0)
     assert abs(ref(batch)["loss"].item() - out["loss"].item()) < 0.05 * ref(batch)["loss"].item()
+    # the fp32 head's dtype hooks do not stop the model from pickling (Ray ships objects that way)
+    again = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(again(batch)["loss"], model(batch)["loss"])
     # and it answers (generation runs through the same bf16 base and fp32 head)
     from meerkat_core import prompts
 
