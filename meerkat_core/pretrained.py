@@ -5,7 +5,8 @@ class of that checkpoint family, and accounts for every tensor with ``output_loa
 a tensor the model expects but the checkpoint lacks (missing), a checkpoint tensor the model has
 no place for (unexpected) or one of another shape (mismatched) raises :class:`CheckpointError`
 naming them. Never a randomly initialised weight or a half-loaded model, where transformers itself
-would only log a warning (missing, unexpected) or a report (mismatched).
+only logs a warning (missing, unexpected) or raises an error that points at a logged table
+(mismatched).
 
 Decisions made here:
 
