@@ -29,7 +29,10 @@ avc        ``references``: list of reference captions
 Optional everywhere: ``duration`` (s), ``paired`` (bool, False when the audio was deliberately
 mismatched with the image: such a pair is excluded from the OT loss), ``boxes`` (any task may
 carry the sounding object's box; the AC loss uses it), ``objects`` (procedural world: every
-object's ``class`` and ``box`` and whether it ``sounds``), ``label_text`` (class names).
+object's ``class`` and ``box`` and whether it ``sounds``), ``label_text`` (class names),
+``annotator_boxes`` (arig: one list of boxes per annotator, where the benchmark scores against their
+consensus, Flickr-SoundNet), ``clip_id`` (igatl: the clip the rows of one video share, for the
+per-video LLP protocol).
 """
 
 from __future__ import annotations
@@ -67,7 +70,13 @@ def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
     missing = [f for f in TASK_FIELDS[task] if f not in meta]
     if missing:
         raise SampleError(f"{task} sample lacks {missing}")
-    for box in meta.get("boxes", []) or []:
+    annotator_boxes = meta.get("annotator_boxes")
+    if annotator_boxes is not None and (
+        not isinstance(annotator_boxes, list)
+        or not all(isinstance(a, list) and all(isinstance(b, list) for b in a) for a in annotator_boxes)
+    ):
+        raise SampleError(f"annotator_boxes must be a list of box lists, got {annotator_boxes!r}")
+    for box in [*(meta.get("boxes", []) or []), *(b for a in annotator_boxes or [] for b in a)]:
         if (
             len(box) != 4
             or not all(0.0 <= float(v) <= 1.0 for v in box)

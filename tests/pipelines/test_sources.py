@@ -345,6 +345,15 @@ def test_flickr_soundnet_consensus_reaches_the_score(tmp_path):
     assert agreed["model"]["mean_ciou"] == pytest.approx(2 / 3)
 
 
+def test_annotator_boxes_are_checked_by_the_contract():
+    meta = {"task": "arig", "source": "flickr_soundnet", "split": "test", "instruction": "?", "answer": "[]"}
+    validate_meta({**meta, "boxes": [[0, 0, 1, 1]], "annotator_boxes": [[[0, 0, 1, 1]], [[0, 0, 0.5, 0.5]]]})
+    with pytest.raises(SampleError, match="annotator_boxes"):
+        validate_meta({**meta, "boxes": [[0, 0, 1, 1]], "annotator_boxes": [[0, 0, 1, 1]]})
+    with pytest.raises(SampleError, match="normalised"):
+        validate_meta({**meta, "boxes": [[0, 0, 1, 1]], "annotator_boxes": [[[0, 0, 1.5, 1]]]})
+
+
 def test_flickr_soundnet_three_annotators_match_the_loaders_map(tmp_path):
     """The fixture's three overlapping annotators, against the map the loaders build from the XML's
     pixels (int(224 * v / 256) per box, votes summed, halved, clipped to 1)."""
