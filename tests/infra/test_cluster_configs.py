@@ -5,6 +5,9 @@
 - ``infra/k8s/*.yaml``: kinds and API versions, the ``python -m pipelines.<job> --config ...``
   entrypoints against the real modules and configs, the RayService against the Serve app, the
   MLflow server against its clients, and the fit of the paper preset on the GPU groups.
+- The paper preset's training on every GPU node type of both, by the memory model of
+  ``meerkat_core/memory.py``: ``pipelines/configs/paper.yaml``'s micro-batch fits each GPU and is
+  the largest usable one on the smallest.
 - ``infra/docker/Dockerfile``: its base is Ray's image at the pinned version, it installs the
   project, it does not run as root.
 - No file among them holds a credential.
@@ -67,6 +70,13 @@ INSTANCE_SHAPES = {
     "g5.2xlarge": (8, 1),
     "g5.12xlarge": (48, 4),
     "p4d.24xlarge": (96, 8),
+}
+
+# GPU memory (GB, as the memory model counts it) of the GPU instance types: A10G 24 GB, A100 40 GB.
+GPU_MEMORY_GB = {
+    "g5.2xlarge": 24,
+    "g5.12xlarge": 24,
+    "p4d.24xlarge": 40,
 }
 
 # Fields of the KubeRay ray.io/v1 specs (union over recent KubeRay releases). The API server
@@ -324,6 +334,34 @@ def _check_fits_training(nodes: dict[str, tuple[float, float, int]], cfg: Any, w
     )
 
 
+def _check_fits_memory(gpu_instances: dict[str, str], cfg: Any, where: str) -> None:
+    """``gpu_instances``: node kind -> instance type. By the memory model, ``cfg``'s micro-batch fits
+    the GPU of every kind, and it is the largest micro-batch that fits the smallest of them and
+    divides the effective batch over the workers (the config is sized by the model, not by hand)."""
+    from meerkat_core import memory
+    from pipelines.config import resolve_model
+
+    model = resolve_model(cfg.model)
+    s, o = cfg.scaling, cfg.optim
+    est = memory.estimate(model, o.batch_size, None, s.num_workers, s.strategy)
+    sizes = {}
+    for kind, instance in gpu_instances.items():
+        assert instance in GPU_MEMORY_GB, f"{where}/{kind}: add {instance} to GPU_MEMORY_GB"
+        gb = sizes[kind] = GPU_MEMORY_GB[instance]
+        assert est.fits(gb), (
+            f"{where}/{kind}: the memory model predicts {est.total / 1e9:.1f} GB per GPU at micro-batch "
+            f"{o.batch_size} ({s.num_workers} workers, {s.strategy}), more than the {gb} GB of {instance}"
+        )
+    smallest = min(sizes.values())
+    largest = memory.largest_micro_batch(model, smallest, None, s.num_workers, s.strategy)
+    per_worker = (o.effective_batch or o.batch_size * s.num_workers) // s.num_workers
+    usable = max(b for b in range(1, largest + 1) if per_worker % b == 0)
+    assert o.batch_size == usable, (
+        f"{where}: micro-batch {o.batch_size}, but {usable} is the largest that fits {smallest} GB and "
+        f"divides {per_worker} (python -m pipelines.memory --config pipelines/configs/paper.yaml)"
+    )
+
+
 def _credential_findings(text: str) -> list[str]:
     return [
         f"{what}: {m.group(0)[:40]!r}" for what, rx in CREDENTIAL_PATTERNS.items() for m in rx.finditer(text)
@@ -378,6 +416,16 @@ def test_cluster_node_types_match_their_instances_and_hold_the_paper_preset():
     assert len(gpu_nodes) >= 2, "expected a choice of GPU worker types"
     assert sum(t.get("max_workers", 0) for t in cfg["available_node_types"].values()) <= cfg["max_workers"]
     _check_fits_training(gpu_nodes, _paper_config(), "ray_cluster.yaml")
+
+
+def test_cluster_gpus_hold_the_paper_preset_by_the_memory_model():
+    cfg = _cluster_config()
+    gpu_nodes = {
+        name: t["node_config"]["InstanceType"]
+        for name, t in cfg["available_node_types"].items()
+        if t.get("resources", {}).get("GPU")
+    }
+    _check_fits_memory(gpu_nodes, _paper_config(), "ray_cluster.yaml")
 
 
 def test_cluster_runs_the_pinned_ray_image():
@@ -499,6 +547,23 @@ def test_training_job_groups_hold_its_workers():
                     group["maxReplicas"],
                 )
         _check_fits_training(nodes, cfg, f"RayJob/{d['metadata']['name']}")
+
+
+def test_training_job_gpus_hold_it_by_the_memory_model():
+    jobs = 0
+    for d in _docs("RayJob"):
+        module, cfg = _load_job_config(d["spec"]["entrypoint"])
+        if module != "pipelines.train" or not cfg.scaling.use_gpu:
+            continue
+        instances = {}
+        for group in d["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+            pod = group["template"]["spec"]
+            (container,) = pod["containers"]
+            if int(container["resources"]["limits"].get("nvidia.com/gpu", 0)):
+                instances[group["groupName"]] = pod["nodeSelector"]["node.kubernetes.io/instance-type"]
+        _check_fits_memory(instances, cfg, f"RayJob/{d['metadata']['name']}")
+        jobs += 1
+    assert jobs, "no GPU training RayJob"
 
 
 def test_ray_clusters_run_the_pinned_ray_and_one_image():
