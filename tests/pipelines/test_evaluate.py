@@ -213,6 +213,36 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
         "plots/segments.png",
     } <= artifacts
 
+    # The paper's splits over two split directories, with the caption budget measured: a "valor"
+    # test caption is dropped (the paper reads VALOR-32K on val), the world's are kept.
+    val_uri = s3_server.uri(data_uri.rsplit("/", 2)[-2], "val")
+    world_captions = 0
+    with shards.ShardWriter(val_uri, max_count=20, fingerprint="v") as w:
+        for s in iter_samples(WORLD_PRESETS["easy"], "val", 2, 11):
+            world_captions += s["json"]["task"] == "avc"
+            w.write(s)
+        long_caption = " ".join(["a red circle hums low and a blue square beeps twice"] * 6)
+        relabelled = {
+            **s,
+            "__key__": "valor-x-avc",
+            "json": {**s["json"], "source": "valor", "split": "test"},
+        }
+        relabelled["json"].update(task="avc", answer=long_caption, references=[long_caption])
+        w.write(relabelled)
+    world_captions += sum(
+        s["json"]["task"] == "avc" for s in iter_samples(WORLD_PRESETS["easy"], "test", 5, 11)
+    )
+    out = evaluate.main(
+        ["--model", f"models:/{name}/1", "--data", data_uri, val_uri, "--paper-splits", "--tasks", "avc"]
+    )
+    assert set(out["results"]["avc"]) == {"world"} and out["n"] == world_captions
+    params = client.get_run(out["eval_run_id"]).data.params
+    assert (params["data.0.uri"], params["data.1.uri"]) == (data_uri, val_uri)
+    assert params["data.1.fingerprint"] == "v" and params["data.paper_splits"] == "True"
+    # The dropped caption still sets no budget: only the evaluated (paper-split) references count.
+    assert params["decoding.max_new_tokens_from"].startswith("longest of")
+    assert int(params["decoding.max_new_tokens"]) == 48
+
 
 def test_compare_reads_whatever_datasets_and_metrics_the_runs_hold():
     from pipelines.ablate import compare_table
