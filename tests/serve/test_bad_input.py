@@ -1,18 +1,24 @@
 """Hostile and broken requests against the deployed application (integration).
 
-Each is refused with a 4xx and a JSON error that says what is wrong; afterwards the service is
-healthy and every replica is the one that was running before (same replica id, actor and pid).
+Each is refused with a 4xx and a JSON error that says what is wrong, naming the field, in a short
+message with no memory address, path or traceback; afterwards the service is healthy and every
+replica is the one that was running before (same replica id, actor and pid).
 """
 
 from __future__ import annotations
 
 import base64
+import io
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.serve import bad_media, service
 
@@ -34,6 +40,15 @@ def _media(scene: Any, image: bytes | None = None, audio: bytes | None = None) -
         "image": b64(scene.image if image is None else image),
         "audio": b64(scene.audio if audio is None else audio),
     }
+
+
+def _channels(channels: int, seconds: float) -> bytes:
+    """A 16-bit WAV of silence with ``channels`` channels at 8 kHz."""
+    buffer = io.BytesIO()
+    sf.write(
+        buffer, np.zeros((int(seconds * 8000), channels), np.int16), 8000, format="WAV", subtype="PCM_16"
+    )
+    return buffer.getvalue()
 
 
 def _chat(scene: Any, image_url: str, **extra: Any) -> dict[str, Any]:
@@ -148,11 +163,172 @@ CASES = {
     "data url of the wrong type": Case(
         "/v1/chat/completions", lambda s: _chat(s, "data:text/plain;base64,aGk="), 415, "expected image/*"
     ),
-    "streaming chat": Case(
+    "json_schema response format": Case(
         "/v1/chat/completions",
-        lambda s: _chat(s, f"data:image/jpeg;base64,{b64(s.image)}", stream=True),
+        lambda s: _chat(
+            s,
+            f"data:image/jpeg;base64,{b64(s.image)}",
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+        ),
         400,
-        "streaming",
+        "response_format: json_schema cannot",
+    ),
+    "tools": Case(
+        "/v1/chat/completions",
+        lambda s: _chat(
+            s,
+            f"data:image/jpeg;base64,{b64(s.image)}",
+            tools=[{"type": "function", "function": {"name": "f"}}],
+        ),
+        400,
+        "tools:",
+    ),
+    "huge integer in json": Case(
+        "/v1/ground",
+        lambda s: {
+            "content": b'{"image": "", "audio": "", "max_new_tokens": ' + b"9" * 5000 + b"}",
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "too many digits",
+    ),
+    "huge integer in a chat body": Case(
+        "/v1/chat/completions",
+        lambda s: {
+            "content": b'{"model": "m", "messages": [], "seed": ' + b"1" * 4400 + b"}",
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "too many digits",
+    ),
+    "huge integer in a multipart box": Case(
+        "/v1/factcheck",
+        lambda s: {
+            "files": {"image": ("a.jpg", s.image, "image/jpeg"), "audio": ("a.flac", s.audio, "audio/flac")},
+            "data": {"box": "[" + "1" * 5000 + ", 0, 0, 0]"},
+        },
+        422,
+        "box: a number has too many digits",
+    ),
+    "huge integer in a multipart window": Case(
+        "/v1/factcheck",
+        lambda s: {
+            "files": {"image": ("a.jpg", s.image, "image/jpeg"), "audio": ("a.flac", s.audio, "audio/flac")},
+            "data": {"window": "[0, " + "2" * 5000 + "]", "object": "x"},
+        },
+        422,
+        "window: a number has too many digits",
+    ),
+    "seed out of range": Case(
+        "/v1/chat/completions",
+        lambda s: _chat(s, f"data:image/jpeg;base64,{b64(s.image)}", seed=2**70),
+        422,
+        "seed",
+    ),
+    "long data url mime type": Case(
+        "/v1/chat/completions",
+        lambda s: _chat(s, "data:image/" + "x" * 100_000 + ";base64,aGk="),
+        400,
+        "expected a data URL",
+    ),
+    "image that is not one (decoder repr)": Case(
+        "/v1/ground",
+        lambda s: {"json": _media(s, image=b"not an image at all")},
+        400,
+        "image: cannot read image header",
+    ),
+    "audio that is not audio (libsndfile)": Case(
+        "/v1/ground",
+        lambda s: {"json": _media(s, audio=b"OggS not really")},
+        400,
+        "audio: cannot decode audio",
+    ),
+    "many-channel audio": Case(
+        "/v1/ground",
+        lambda s: {
+            "files": {
+                "image": ("a.jpg", s.image, "image/jpeg"),
+                "audio": ("a.wav", _channels(256, 3.0), "audio/wav"),
+            }
+        },
+        400,
+        "audio: 256 channels x 24000 frames exceeds the limit",
+    ),
+    "multipart without boundary": Case(
+        "/v1/ground",
+        lambda s: {"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data"}},
+        400,
+        "malformed multipart body",
+    ),
+    "truncated multipart": Case(
+        "/v1/ground",
+        lambda s: {
+            "content": b'--b\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\nabc',
+            "headers": {"Content-Type": "multipart/form-data; boundary=b"},
+        },
+        422,
+        "a file part is required",
+    ),
+    "multipart field with a long name": Case(
+        "/v1/ground",
+        lambda s: {
+            "files": {"image": ("a.jpg", s.image, "image/jpeg"), "audio": ("a.flac", s.audio, "audio/flac")},
+            "data": {"n" * 5000: "1"},
+        },
+        400,
+        "malformed multipart body",
+    ),
+    "unknown discriminator tag": Case(
+        "/v1/chat/completions",
+        lambda s: {
+            "json": {"model": "m", "messages": [{"role": "user", "content": [{"type": "t" * 100_000}]}]}
+        },
+        422,
+        "messages.0.content",
+    ),
+    "lone surrogate in a question": Case(
+        "/v1/answer",
+        lambda s: {
+            # json.dumps escapes the surrogate as \ud800, which JSON allows and Python decodes
+            "content": json.dumps({**_media(s), "question": "why \ud800?"}).encode(),
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "not valid Unicode",
+    ),
+    "json array body": Case(
+        "/v1/chat/completions", lambda s: {"json": [1, 2]}, 422, "the body must be a JSON object"
+    ),
+    "deeply nested json": Case(
+        "/v1/ground",
+        lambda s: {
+            "content": b"[" * 200_000 + b"]" * 200_000,
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "not valid JSON",
+    ),
+    "system message carrying media": Case(
+        "/v1/chat/completions",
+        lambda s: {
+            "json": {
+                "model": "meerkat-serve-test/1",
+                "messages": [
+                    {
+                        "role": "system",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": f"data:image/jpeg;base64,{b64(s.image)}"},
+                            }
+                        ],
+                    },
+                    {"role": "user", "content": "hi"},
+                ],
+            }
+        },
+        400,
+        "only a user message may carry",
     ),
     "unknown model": Case(
         "/v1/chat/completions",
@@ -160,7 +336,7 @@ CASES = {
         404,
         "is not served here",
     ),
-    "two user turns": Case(
+    "two user turns without media": Case(
         "/v1/chat/completions",
         lambda s: {
             "json": {
@@ -169,7 +345,7 @@ CASES = {
             }
         },
         400,
-        "exactly one message",
+        "exactly one user message must carry one image_url and one input_audio",
     ),
 }
 
@@ -193,6 +369,9 @@ def test_bad_request_is_a_clear_4xx(client, scenes, replicas_before, name):
     error = response.json()["error"]
     assert case.message in error["message"], error
     assert error["type"] and "Traceback" not in response.text
+    # short, and nothing of the process: no object repr, memory address or path
+    assert len(error["message"]) <= 600, len(error["message"])
+    assert not re.search(r"0x[0-9a-f]{6,}|BytesIO|/usr/|/tmp/|site-packages", error["message"]), error
 
 
 def test_service_stays_healthy_and_no_replica_restarted(client, meerkat_service, replicas_before, scenes):
