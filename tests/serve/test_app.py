@@ -166,3 +166,67 @@ def test_request_timeout_is_a_504_and_cancels_the_work():
         assert await serve_app.within_timeout(asyncio.sleep(0, result="ok"), 1) == "ok"
 
     asyncio.run(run())
+
+
+class _Response:
+    """What ``handle.generate.remote(...)`` returns: awaitable, cancellable."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def __await__(self):
+        async def result():
+            if isinstance(self.outcome, Exception):
+                raise self.outcome
+            return self.outcome
+
+        return result().__await__()
+
+    def cancel(self):
+        pass
+
+
+class _Handle:
+    def __init__(self, outcome):
+        self.generate = type("Method", (), {"remote": lambda _, generation: _Response(outcome)})()
+
+
+def _ingress(outcome):
+    """The ingress class without Ray: its request path against a fake model handle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ingress = object.__new__(serve_app.MeerkatAPI.func_or_class)
+    ingress.model = _Handle(outcome)
+    ingress.settings = serve_app.AppArgs(model="m")
+    ingress.pool = ThreadPoolExecutor(max_workers=1)
+    ingress._prepare_sync = lambda instruction, raw: serve_app._Prepared({"input_ids": [1, 2, 3]}, 8, 8, 1.0)
+    return ingress
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "type_"),
+    [
+        (None, 503, "service_unavailable"),
+        ("error", 500, "server_error"),
+    ],
+    ids=["model-queue-full", "model-failed-on-this-request"],
+)
+def test_model_overload_is_503_at_once_and_a_failed_sample_its_own_500(outcome, status, type_):
+    from ray.serve.exceptions import BackPressureError
+
+    from serve.generation import Completion, Sampling
+
+    result = (
+        BackPressureError(num_queued_requests=64, max_queued_requests=64)
+        if outcome is None
+        else Completion(error="ValueError")
+    )
+    ingress = _ingress(result)
+    with pytest.raises(APIError) as info:
+        asyncio.run(ingress._run("Where?", None, Sampling(4)))
+    assert info.value.status == status and info.value.type == type_
+    ok = _ingress(Completion("[0.1, 0.2, 0.3, 0.4]", 5, "stop"))
+    _, completion = asyncio.run(ok._run("Where?", None, Sampling(4)))
+    assert completion.text == "[0.1, 0.2, 0.3, 0.4]"
+    with pytest.raises(APIError, match="not valid Unicode"):
+        asyncio.run(ok._run("why \ud800", None, Sampling(4)))
