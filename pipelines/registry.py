@@ -1,60 +1,168 @@
 """The one place that turns a trained-model reference into a loaded :class:`MeerkatModel`.
 
 Training writes a model directory (``config.json`` + ``trainable.pt`` + ``tokenizer/``, see
-:meth:`meerkat_core.model.MeerkatModel.save_pretrained`): the base model is referenced by name or
-seed, never copied. :func:`log_and_register` stores that directory in MLflow as a pyfunc model and
-registers it; evaluation and Serve then load any of these with one call, :func:`load`:
+:meth:`meerkat_core.model.MeerkatModel.save_pretrained`): the base model is referenced by name and
+revision (or seed), never copied. :func:`log_and_register` stores that directory in MLflow as a
+pyfunc model and registers it; evaluation and Serve then load any of these with one call,
+:func:`load`:
 
 * ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` — the MLflow Model Registry;
 * ``runs:/<run_id>/model`` — a logged model;
 * ``s3://bucket/.../checkpoint_xxx`` or a local directory — a Ray Train checkpoint or model dir.
+
+The registered model is portable: ``mlflow.pyfunc.load_model("models:/...")`` works in a fresh
+virtualenv built from the model's own ``requirements.txt``. Decisions:
+
+* the code travels with the model: the pyfunc is MLflow's models-from-code
+  (:mod:`pipelines.pyfunc_model`, which imports only MLflow and ``meerkat_core``) and
+  ``meerkat_core`` is its code path. Nothing names this project's own (unpublished) package;
+* requirements are pinned to the versions installed where the model is logged: ``mlflow-skinny``
+  (enough to load and call a pyfunc), ``pandas`` (MLflow's schema enforcement turns the input
+  into a DataFrame) and what ``meerkat_core`` imports (:data:`CORE_REQUIREMENTS`); torch without
+  its local build label (``2.13.0+cpu`` -> ``torch==2.13.0``), so that a GPU machine takes its
+  CUDA build of the same release;
+* a signature (base64 ``image``, ``audio``, ``instruction`` -> text; param ``max_new_tokens``) and
+  an input example (a generated JPEG and FLAC). MLflow would check the example by loading the
+  model and predicting at log time, which for the paper preset means the 7B base on the job's
+  driver; :func:`log_and_register` turns that check off (the fresh-virtualenv test of
+  ``tests/pipelines/test_registry.py`` does it for real).
 
 This module is the only bridge between ``serve`` and ``pipelines`` (DESIGN.md).
 """
 
 from __future__ import annotations
 
+import base64
+import importlib.metadata
+import io
 import logging
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.pyfunc
+import numpy as np
 import pyarrow.fs
+from packaging.version import Version
 
+import meerkat_core
 from meerkat_core.model import MeerkatModel, load_model
-from pipelines import storage
+from pipelines import pyfunc_model, storage
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 MODEL_FILES = ("config.json", "trainable.pt")
+TOKENIZER_DIR = "tokenizer"
+CORE_REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "pot",
+    "numpy",
+    "pillow",
+    "soundfile",
+    "scipy",
+    "pyyaml",
+)
+"""Distributions ``meerkat_core`` needs to load and run a model (pinned at their installed versions)."""
+LOADER_REQUIREMENTS = ("mlflow-skinny", "pandas")
+"""What ``mlflow.pyfunc.load_model`` and ``predict`` need beside the core."""
+EXAMPLE_INSTRUCTION = "Which object in the image is making the sound?"
 
 
-class MeerkatPyfunc(mlflow.pyfunc.PythonModel):
-    """Generic MLflow entry: ``predict`` takes rows with base64 ``image``/``audio`` and ``instruction``."""
+def pip_requirements() -> list[str]:
+    """``name==version`` of :data:`LOADER_REQUIREMENTS` and :data:`CORE_REQUIREMENTS` as installed
+    here, without local build labels."""
+    out = []
+    for name in (*LOADER_REQUIREMENTS, *CORE_REQUIREMENTS):
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise RuntimeError(f"{name} is not installed: cannot pin the model's requirements") from exc
+        out.append(f"{name}=={Version(version).public}")
+    return out
 
-    def load_context(self, context: Any) -> None:
-        self.model = load_model(context.artifacts["meerkat"])
 
-    # Untyped on purpose: MLflow reads predict's type hints as an input schema and rejects ``Any``.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        import base64
+def input_example() -> pd.DataFrame:
+    """One request: a 64x64 JPEG with a red square, one second of a 440 Hz tone as FLAC (both
+    base64), and an instruction."""
+    import pandas as pd
+    import soundfile as sf
+    from PIL import Image
 
-        from meerkat_core import batching
+    img = Image.new("RGB", (64, 64), (30, 90, 160))
+    img.paste((220, 40, 40), (16, 16, 40, 40))
+    jpg = io.BytesIO()
+    img.save(jpg, format="JPEG")
+    rate = 16_000
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+    flac = io.BytesIO()
+    sf.write(flac, tone, rate, format="FLAC")
+    return pd.DataFrame(
+        {
+            "image": [base64.b64encode(jpg.getvalue()).decode()],
+            "audio": [base64.b64encode(flac.getvalue()).decode()],
+            "instruction": [EXAMPLE_INSTRUCTION],
+        }
+    )
 
-        prep = batching.SamplePreprocessor(self.model.config, self.model.tokenizer)
-        records = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
-        rows = [
-            prep(
-                base64.b64decode(r["image"]),
-                base64.b64decode(r["audio"]),
-                {"instruction": r["instruction"]},
-                with_answer=False,
+
+def signature() -> mlflow.models.ModelSignature:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema(
+            [ColSpec("string", "image"), ColSpec("string", "audio"), ColSpec("string", "instruction")]
+        ),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 48)]),
+    )
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """``model_dir`` if it holds only ``config.json``, the trainable weights and ``tokenizer/``
+    (never base weights); ValueError naming what else it holds or what it lacks."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"model directory {model_dir} does not exist")
+    allowed = {*MODEL_FILES, TOKENIZER_DIR}
+    extra = sorted(p.name for p in model_dir.iterdir() if p.name not in allowed)
+    missing = sorted(name for name in allowed if not (model_dir / name).exists())
+    if extra or missing:
+        raise ValueError(
+            f"{model_dir} is not a model directory to register (config.json, trainable.pt, tokenizer/ "
+            f"only: base weights are named by repository and revision, never copied): "
+            f"unexpected {extra}, missing {missing}"
+        )
+    return model_dir
+
+
+def _warn_unpinned_base(model_dir: Path) -> None:
+    """Warn when the base weights a pretrained model names are a local path or have no revision."""
+    import json
+
+    meta = json.loads((model_dir / "config.json").read_text())
+    if not meta.get("pretrained"):
+        return
+    model = meta["model"]
+    named = [
+        (f"{part}.name_or_path", model[part].get("name_or_path"), model[part].get("revision"))
+        for part in ("image", "audio", "llm")
+    ]
+    named.append(("tokenizer", model.get("tokenizer"), model.get("tokenizer_revision")))
+    for field, name, revision in named:
+        if name and (Path(name).is_absolute() or name.startswith(".")):
+            logger.warning(
+                "%s is a local path (%s): the registered model loads only where it exists", field, name
             )
-            for r in records
-        ]
-        batch = batching.collate(rows, self.model.tokenizer.pad_token_id, side="left")
-        return self.model.generate(batch, max_new_tokens=int((params or {}).get("max_new_tokens", 48)))
+        elif name and not revision:
+            logger.warning("%s (%s) has no pinned revision: the hub's default branch may move", field, name)
 
 
 def find_model_dir(root: str | Path) -> Path:
@@ -66,20 +174,44 @@ def find_model_dir(root: str | Path) -> Path:
     raise FileNotFoundError(f"no Meerkat model (config.json + trainable.pt) under {root}")
 
 
+class _PyfuncWithoutExampleCheck:
+    """A flavor for ``mlflow.models.Model.log``: pyfunc's own ``save_model``, with Model.log's
+    load-and-predict check of the input example turned off (``validate_serving_input``, which
+    ``mlflow.pyfunc.log_model`` cannot pass)."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, validate_serving_input: bool = False, **kwargs: Any) -> None:
+        mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+
+
 def log_and_register(
     model_dir: str | Path, *, registered_name: str | None, artifact_path: str = "model"
 ) -> str | None:
-    """Log ``model_dir`` into the active MLflow run as a pyfunc model; register it when named.
+    """Log ``model_dir`` into the active MLflow run as a portable pyfunc model; register it when named.
 
     Returns the registered version (or None when not registered).
     """
-    info = mlflow.pyfunc.log_model(
-        name=artifact_path,
-        python_model=MeerkatPyfunc(),
-        artifacts={"meerkat": str(model_dir)},
-        pip_requirements=["meerkat-ray"],  # the project itself; no dependency inference (slow, offline)
-        registered_model_name=registered_name,
-    )
+    model_dir = check_model_dir(model_dir)
+    _warn_unpinned_base(model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "meerkat_core"
+        shutil.copytree(
+            Path(meerkat_core.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+        info = mlflow.models.Model.log(
+            artifact_path=None,
+            name=artifact_path,
+            flavor=_PyfuncWithoutExampleCheck,
+            flavor_name="mlflow.pyfunc",
+            python_model=str(Path(pyfunc_model.__file__)),
+            artifacts={pyfunc_model.ARTIFACT: str(model_dir)},
+            code_paths=[str(code)],
+            pip_requirements=pip_requirements(),
+            signature=signature(),
+            input_example=input_example(),
+            registered_model_name=registered_name,
+            validate_serving_input=False,
+        )
     return str(info.registered_model_version) if registered_name else None
 
 
