@@ -17,8 +17,8 @@ virtualenv built from the model's own ``requirements.txt``. Decisions:
   (:mod:`pipelines.pyfunc_model`, which imports only MLflow and ``meerkat_core``) and
   ``meerkat_core`` is its code path. Nothing names this project's own (unpublished) package;
 * requirements are pinned to the versions installed where the model is logged: ``mlflow-skinny``
-  (enough to load and call a pyfunc), ``pandas`` (MLflow's schema enforcement turns the input
-  into a DataFrame) and what ``meerkat_core`` imports (:data:`CORE_REQUIREMENTS`); torch without
+  (enough to load and call a pyfunc), ``pandas`` (``mlflow.pyfunc`` imports it, ``mlflow-skinny``
+  does not install it) and what ``meerkat_core`` imports (:data:`CORE_REQUIREMENTS`); torch without
   its local build label (``2.13.0+cpu`` -> ``torch==2.13.0``), so that a GPU machine takes its
   CUDA build of the same release;
 * a signature (base64 ``image``, ``audio``, ``instruction`` -> text; param ``max_new_tokens``) and
