@@ -11,16 +11,18 @@ HTSAT, Llama with the vocabulary rows its tokenizer needs, peft's LoRA, AVACE, t
 
 Weights, gradients and optimizer state, per GPU with ``N`` workers:
 
-* ``fsdp``: the frozen LLM base in ``config.base_dtype`` (bf16 in ``paper``), sharded 1/N per
-  decoder layer; while a layer runs, its unsharded parameters are all-gathered in bf16 (FSDP's
-  mixed-precision ``param_dtype``), with the next layer prefetched: two layers in flight. The LLM's
-  other parameters (embeddings, final norm, output head) and the adapter sit in the root unit,
-  which FSDP2 keeps unsharded from forward through backward (``fully_shard`` sets
-  ``reshard_after_forward=False`` on the root), so they count in full plus their 1/N shard. The
-  encoders are frozen and replicated in the base dtype. Trainable parameters are fp32 masters
-  with fp32 gradients and AdamW's two fp32 moments, all sharded 1/N.
+* ``fsdp`` (FSDP2, as the training job wraps the model): every decoder layer, the token embedding
+  and the LLM's root (final norm, output head) are units computing in bf16 (mixed-precision
+  ``param_dtype``), AVACE and the projections fp32 units, the frozen encoders left to the model's
+  root unit. Each rank stores 1/N of every unit in its own dtype: the frozen base in
+  ``config.base_dtype`` (bf16 in ``paper``), the trainable parameters as fp32 masters with fp32
+  gradients and AdamW's two fp32 moments. A unit is all-gathered while it runs, with the next one
+  prefetched: two of the largest bf16 units (a decoder layer) in flight. The model's root unit is
+  never resharded during the step (FSDP2 sets ``reshard_after_forward=False`` on the root), so
+  the encoders count in full plus their shard; the gradients of one unit are held unsharded until
+  their reduce-scatter.
 * ``ddp``: everything replicated: the base in its dtype, trainable fp32 weights, their gradients twice
-  (``param.grad`` and DDP's flat all-reduce buckets: Ray's ``prepare_model`` keeps DDP's default
+  (``param.grad`` and DDP's flat all-reduce buckets, with DDP's default
   ``gradient_as_bucket_view=False``) and AdamW's moments.
 
 Activations, per token of the LLM's sequence (``tokens = micro_batch × seq_len``), in bytes. The
@@ -381,35 +383,34 @@ def estimate(
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     p = parameter_counts(config, vocab_rows=vocab_rows)
     n = workers if strategy == "fsdp" else 1
-    layer_params = p.llm_layer_frozen + p.llm_layer_trainable
+    h = config.llm.hidden_size
+    vocab = llm_vocab_rows(config) if vocab_rows is None else vocab_rows
     base = base_bytes(config)
     if strategy == "fsdp":
-        # decoder layers sharded; the root unit (LLM's other parameters, adapter) unsharded all
-        # step plus its shard; two layers' parameters all-gathered in bf16 at a time
+        largest_unit = max(p.llm_layer_frozen + p.llm_layer_trainable, vocab * h)  # a layer, or the embedding
         frozen = (
-            base * p.llm_layers * p.llm_layer_frozen / n
-            + base * p.llm_other_frozen * (1 + 1 / n)
-            + 2 * BF16 * layer_params
+            base * (p.llm_layers * p.llm_layer_frozen + p.llm_other_frozen) / n
+            + base * (p.image_encoder + p.audio_encoder) * (1 + 1 / n)  # the root unit: encoders
+            + 2 * BF16 * largest_unit  # two units all-gathered at a time
         )
-        trainable = FP32 * p.trainable / n + BF16 * (p.llm_other_trainable + p.adapter)
-        # sharded fp32 gradients, and one layer's unsharded gradients before its reduce-scatter
-        grads = FP32 * p.trainable / n + FP32 * p.llm_layer_trainable
+        trainable = FP32 * p.trainable / n
+        # + one unit's unsharded gradients before their reduce-scatter (the adapter as one: an upper bound)
+        grads = FP32 * p.trainable / n + FP32 * max(p.llm_layer_trainable, p.adapter)
     else:
-        frozen = base * (p.llm_layers * p.llm_layer_frozen + p.llm_other_frozen)
+        frozen = base * (
+            p.llm_layers * p.llm_layer_frozen + p.llm_other_frozen + p.image_encoder + p.audio_encoder
+        )
         trainable = FP32 * p.trainable
         grads = 2 * FP32 * p.trainable  # param.grad + DDP's buckets
-    frozen += base * (p.image_encoder + p.audio_encoder)
     optimizer = 2 * FP32 * p.trainable / n
 
     tokens = micro_batch * seq_len
-    h = config.llm.hidden_size
     layer = layer_activation_bytes(config) * tokens
     if activation_checkpointing:
         layers = config.llm.num_hidden_layers * BF16 * h * tokens + layer
     else:
         layers = config.llm.num_hidden_layers * layer
     keep = min(answer_tokens, seq_len)
-    vocab = llm_vocab_rows(config) if vocab_rows is None else vocab_rows
     activations = (
         layers
         + layer  # the backward's transient: one layer's activation gradients
