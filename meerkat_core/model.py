@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +83,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from meerkat_core import checkpoint, prompts
 from meerkat_core import config as cfgmod
-from meerkat_core import prompts
 from meerkat_core.alignment import ot_loss
 from meerkat_core.attention import AVACE, attention_consistency_loss
 from meerkat_core.batching import IGNORE_INDEX
@@ -261,6 +260,8 @@ class MeerkatModel(nn.Module):
             first, second = (
                 (media.img[i], media.aud[i]) if p == int(img_pos[0]) else (media.aud[i], media.img[i])
             )
+            # the embedding's compute dtype (bf16 under FSDP's mixed precision whatever is stored)
+            first, second = first.to(text.dtype), second.to(text.dtype)
             embeds.append(torch.cat([text[i, :p], first, text[i, p + 1 : q], second, text[i, q + 1 :]]))
             ones = attention_mask.new_ones
             masks.append(
@@ -377,30 +378,13 @@ class MeerkatModel(nn.Module):
         return (texts, media.attn_map) if return_attention else texts
 
     # -- state -------------------------------------------------------------------------------
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the trained parameters: LoRA (or the full LLM), AVACE, projections."""
-        return {n: p.detach().cpu() for n, p in self.named_parameters() if p.requires_grad}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = {n for n, p in self.named_parameters() if p.requires_grad}
-        if set(state) != expected:
-            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise KeyError(f"trainable state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.load_state_dict(state, strict=False)
-
     def save_pretrained(self, directory: str | Path, *, seed: int, pretrained: bool) -> Path:
-        """Write ``config.json``, ``trainable.pt`` and ``tokenizer/``; enough for :func:`load_model`.
+        """A model directory (:mod:`meerkat_core.checkpoint`): config, tokenizer, trainable weights.
 
-        Frozen base weights are not written: they are rebuilt from ``name_or_path`` (paper) or
-        from the recorded ``seed`` (random init, tiny).
+        Frozen base weights are not written: they are rebuilt from ``name_or_path`` (pretrained)
+        or from the recorded ``seed`` (random init, tiny).
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"model": cfgmod.to_dict(self.config), "seed": seed, "pretrained": pretrained}
-        (directory / "config.json").write_text(json.dumps(meta, indent=2))
-        torch.save(self.trainable_state_dict(), directory / "trainable.pt")
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        return directory
+        return checkpoint.save_model_dir(directory, self, seed=seed, pretrained=pretrained)
 
 
 def box_coverage(boxes: torch.Tensor, grid: int) -> torch.Tensor:
@@ -635,11 +619,14 @@ def build_model(
 def load_model(
     directory: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
 ) -> MeerkatModel:
-    """Rebuild a model written by :meth:`MeerkatModel.save_pretrained` and load its trained state."""
-    directory = Path(directory)
-    meta = json.loads((directory / "config.json").read_text())
+    """Rebuild the model of a model directory or training checkpoint and load its trained state.
+
+    The trainable tensors are checked against the rebuilt model before any is copied
+    (:func:`meerkat_core.checkpoint.load_trainable`).
+    """
+    meta = checkpoint.read_model_meta(directory)
     config = cfgmod.from_dict(ModelConfig, meta["model"])
-    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(Path(directory) / checkpoint.TOKENIZER_DIR)
     model = build_model(
         config,
         pretrained=meta["pretrained"],
@@ -648,6 +635,5 @@ def load_model(
         tokenizer=tokenizer,
         **overrides,
     )
-    state = torch.load(directory / "trainable.pt", map_location="cpu", weights_only=True)
-    model.load_trainable_state_dict(state)
+    checkpoint.load_trainable(directory, model)
     return model.to(device).eval()

@@ -4,24 +4,31 @@
         python -m pipelines.train --config pipelines/configs/tiny.yaml [data.uri=s3://meerkat/avfit/train ...]
 
 One ``TorchTrainer``: N workers (``scaling``), each reading its split of the AVFIT stream
-(:mod:`pipelines.data`) and minimising ``CE + λ_OT·OT + λ_AC·AC`` (:class:`MeerkatModel`). DDP
-(gloo on CPU, NCCL on GPU) by default; ``scaling.strategy: fsdp`` shards the frozen base for the
-paper preset — chosen over DeepSpeed because it is torch-native (no extra build, no JSON config),
-Ray Train prepares it with one call, and with ``use_orig_params`` it handles the frozen-base +
-LoRA mix; the 7B base in bf16 (13.5 GB) then spreads over the GPUs of a node instead of being
-copied on each. bf16 autocast on GPU. Gradient accumulation to ``optim.effective_batch``
-(the paper's 128), linear warm-up then cosine decay, task mixing by ``data.task_weights``.
+(:mod:`pipelines.data`) and minimising ``CE + λ_OT·OT + λ_AC·AC`` (:class:`MeerkatModel`), with
+gradient accumulation to ``optim.effective_batch`` (the paper's 128; gradients are reduced on the
+last micro-step only), global gradient clipping, linear warm-up then cosine decay, and task mixing
+by ``data.task_weights``. The strategies (:mod:`meerkat_core.parallel`, which says when each is
+right): ``scaling.strategy: ddp`` replicates the model (the tiny preset; gloo on CPU, NCCL on GPU,
+bf16 autocast on GPU); ``fsdp`` shards the frozen bf16 base per decoder layer with FSDP2 (the paper
+preset) — torch-native rather than DeepSpeed: no extra build or JSON config, per-parameter sharding
+that keeps LoRA's fp32 tensors apart from the bf16 base, and checkpoints in
+``torch.distributed.checkpoint`` that any worker count can read. The model is sharded here, not by
+``ray.train.torch.prepare_model`` (whose FSDP path is FSDP1's flat parameters).
 
 Checkpoints hold only what training changes — the trainable state (LoRA, AVACE, projections),
-optimizer, scheduler, step and data position — every ``checkpoint.every`` steps, to the
-``RunConfig`` storage (S3 or local). Ray Train uploads a checkpoint completely before it becomes
-the run's latest, and keeps the last ``checkpoint.keep``. A worker that dies makes Ray Train restart
-the group (``max_failures``) from the latest checkpoint; re-submitting the same ``name`` resumes the
-run, the same MLflow run included (found by its ``meerkat.run_name`` tag).
+optimizer, scheduler, step and data position — every ``checkpoint.every`` steps, in the format of
+:mod:`meerkat_core.checkpoint`: every rank writes its shards with ``torch.distributed.checkpoint``
+and Ray Train merges the ranks' files into one directory of the ``RunConfig`` storage (S3 or
+local), registered as the run's latest once complete; the last ``checkpoint.keep`` are kept. A
+checkpoint restores on a different number of workers and loads in one process (evaluation,
+Serve). A worker that dies makes Ray Train restart the group (``max_failures``) from the latest
+checkpoint; re-submitting the same ``name`` resumes the run, the same MLflow run included (found
+by its ``meerkat.run_name`` tag).
 
 MLflow (rank 0 logs; metrics every ``log_every`` steps): the resolved config as params and as a
 file; ``train/loss``, ``train/loss_ce``, ``train/loss_ot``, ``train/loss_ac``, ``train/lr``,
-``train/grad_norm``, ``train/samples_per_s``, ``train/data_wait_frac``, ``train/skipped/<reason>``;
+``train/grad_norm``, ``train/samples_per_s``, ``train/data_wait_frac``, ``train/skipped/<reason>``
+(losses and data wait are means over the ranks), ``train/frozen_shard_fraction/rank<k>``;
 and at the end the model, logged as a pyfunc and registered (``mlflow.register_as``), loadable with
 ``pipelines.registry.load("models:/<name>/<version>")``.
 """
@@ -118,6 +125,9 @@ class TrainJobConfig:
     max_failures: int = 2
     log_every: int = 10
     seed: int = 0
+    trace_dir: str | None = None
+    """A directory on the workers' filesystem where each rank appends, per micro-batch, the keys of
+    the samples it trains on (``rank<k>.jsonl``: attempt, step, keys); for audits and tests."""
     fail_at_step: int | None = None
     """Testing only: rank 1 SIGKILLs its own process at this step (first attempt only), after
     three of the controller's polls, so that the checkpoint reported before it is registered."""
@@ -150,18 +160,19 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def _setup_model(cfg: TrainJobConfig, model_cfg: ModelConfig, device: torch.device):
-    import ray.train.torch
+    """The model, built on this worker and wrapped for the configured strategy.
 
+    Returns ``(model, wrapped)``: ``model`` is the :class:`MeerkatModel` (sharded in place under
+    FSDP), ``wrapped`` what the loop calls (the DDP wrapper under DDP, the model itself under FSDP).
+    """
+    from meerkat_core import parallel
     from meerkat_core.model import build_model
 
     model = build_model(model_cfg, pretrained=cfg.pretrained, seed=cfg.seed)
     if cfg.scaling.strategy == "fsdp":
-        wrapped = ray.train.torch.prepare_model(
-            model, parallel_strategy="fsdp", parallel_strategy_kwargs={"use_orig_params": True}
-        )
-    else:
-        wrapped = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
-    return model, wrapped
+        return model, parallel.shard(model)  # moves each unit's shard to the mesh's device
+    model.to(device)
+    return model, parallel.replicate(model, device)
 
 
 def _setup_optimizer(cfg: TrainJobConfig, model: torch.nn.Module):
@@ -174,27 +185,167 @@ def _setup_optimizer(cfg: TrainJobConfig, model: torch.nn.Module):
     return params, opt, sched
 
 
-def _save_checkpoint(directory: Path, model, opt, sched, state: dict[str, Any]) -> None:
-    model.save_pretrained(directory, seed=state["seed"], pretrained=state["pretrained"])
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, directory / "optim.pt")
-    (directory / "state.json").write_text(json.dumps(state))
-
-
 def _restore(checkpoint, model, opt, sched) -> dict[str, Any]:
+    """Model and optimizer from the checkpoint's ``dcp/`` (any worker count), then the schedule."""
+    from meerkat_core import checkpoint as ckpt
+
     with checkpoint.as_directory() as d:
-        d = Path(d)
-        model.load_trainable_state_dict(torch.load(d / "trainable.pt", map_location="cpu", weights_only=True))
-        optim_state = torch.load(d / "optim.pt", map_location="cpu", weights_only=False)
-        opt.load_state_dict(optim_state["optimizer"])
-        sched.load_state_dict(optim_state["scheduler"])
-        return json.loads((d / "state.json").read_text())
+        state = ckpt.load_training_state(d, model, opt)
+    sched.load_state_dict(state.pop("scheduler"))
+    return state
+
+
+def _save(model, opt, sched, state: dict[str, Any], step: int) -> None:
+    """Every rank writes its part of the checkpoint and reports it; Ray Train merges the parts."""
+    import ray.train
+
+    from meerkat_core import checkpoint as ckpt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt.save_training_state(
+            tmp,
+            model,
+            opt,
+            {**state, "scheduler": sched.state_dict()},
+            seed=state["seed"],
+            pretrained=state["pretrained"],
+        )
+        ray.train.report(
+            {"step": step, "epoch": state["epoch"]},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"step-{step:07d}",
+        )
+
+
+def _forward_backward(wrapped, batch: dict[str, Any], accum: int, device, sync: bool) -> dict[str, float]:
+    """One micro-step: forward, backward of ``loss / accum``; gradients reduced only when ``sync``."""
+    from meerkat_core import parallel
+
+    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    # bf16 autocast for DDP on GPU; FSDP casts by its mixed-precision policy instead.
+    amp = device.type == "cuda" and not hasattr(wrapped, "set_requires_gradient_sync")
+    with parallel.grad_sync(wrapped, sync), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        out = wrapped(batch)
+        (out["loss"] / accum).backward()
+    return {k: float(out[k].detach()) for k in ("loss", "loss_ce", "loss_ot", "loss_ac")}
+
+
+def _optimizer_step(cfg: TrainJobConfig, params, opt, sched) -> float:
+    from meerkat_core import parallel
+
+    grad_norm = parallel.clip_grad_norm(params, cfg.optim.grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+class _Window:
+    """What the loop logs every ``log_every`` steps: losses averaged over micro-steps and ranks."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.micro = 0
+        self.samples = 0
+        self.wait_s = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, losses: dict[str, float], samples: int) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.micro += 1
+        self.samples += samples
+
+    def metrics(self, world: int, lr: float, grad_norm: float) -> dict[str, float]:
+        """Collective: every rank must call it at the same step."""
+        from meerkat_core import parallel
+
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        local = {f"train/{k}": v / max(self.micro, 1) for k, v in self.sums.items()}
+        local["train/data_wait_frac"] = self.wait_s / elapsed
+        metrics = parallel.mean_over_ranks(local)
+        metrics.update(
+            {
+                "train/lr": lr,
+                "train/grad_norm": grad_norm,
+                "train/samples_per_s": self.samples * world / elapsed,
+            }
+        )
+        return metrics
+
+
+def _trace(cfg: TrainJobConfig, rank: int, state: dict[str, Any], keys: list[str]) -> None:
+    """Append the keys of a micro-batch to this rank's trace file (``trace_dir``)."""
+    if cfg.trace_dir is None:
+        return
+    path = Path(cfg.trace_dir) / f"rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"attempt": state["attempt"], "step": state["step"] + 1, "keys": keys}
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _maybe_fail(cfg: TrainJobConfig, rank: int, state: dict[str, Any]) -> None:
+    """Testing only (``fail_at_step``): rank 1 SIGKILLs its own process, first attempt only.
+
+    Ray Train's controller collects reports (and registers checkpoints) when it polls the workers;
+    a crash within one poll of a report can lose that checkpoint. Wait out three polls, so the test
+    is of resuming from the latest registered one.
+    """
+    if cfg.fail_at_step is None or state["step"] != cfg.fail_at_step or rank != 1 or state["attempt"]:
+        return
+    delay = 3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
+    logger.error(
+        "fail_at_step=%d: rank 1 kills itself in %.0f s (fault-tolerance test)", state["step"], delay
+    )
+    time.sleep(delay)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _batches(cfg: TrainJobConfig, loop_config: dict[str, Any], collate, rank: int, state: dict[str, Any]):
+    """The worker's batches from the resume point on, each with its epoch and index in the epoch.
+
+    The shard is either one stream of several epochs (``pipelines.data.build_dataset(epochs=N)``)
+    or, with ``data.cache``, one epoch per iteration (``build_cached_epochs``); rows carry their
+    epoch either way. A resumed worker skips what the checkpoint's data position says it trained
+    on: earlier epochs, then ``batch_in_epoch`` batches of the checkpoint's epoch.
+    """
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    resume_at = (state["epoch"], state["batch_in_epoch"])
+    passes = 0
+    while True:
+        if passes and loop_config["epochs_per_pass"]:
+            logger.warning(
+                "the stream ended before max_steps (more samples were dropped than expected); reading it again"
+            )
+        epoch_offset = passes * loop_config["epochs_per_pass"]
+        batches = shard.iter_torch_batches(
+            batch_size=cfg.optim.batch_size,
+            collate_fn=collate,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=cfg.seed * 1000 + passes * 10 + rank,
+            drop_last=True,
+        )
+        passes += 1
+        current, in_epoch = -1, 0
+        for batch in batches:
+            epoch = epoch_offset + max(batch.pop("epoch", [0]))
+            if epoch != current:
+                current, in_epoch = epoch, 0
+            in_epoch += 1
+            if (epoch, in_epoch) > resume_at:
+                yield epoch, in_epoch, batch
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The recipe every Ray Train worker runs: set up, restore, then step / log / checkpoint."""
     import mlflow
     import ray.train
     import ray.train.torch
 
+    from meerkat_core import parallel
     from pipelines.data import MeerkatCollate, skip_counts
 
     cfg = from_dict(TrainJobConfig, loop_config["job"])
@@ -206,125 +357,55 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model, wrapped = _setup_model(cfg, model_cfg, device)
     params, opt, sched = _setup_optimizer(cfg, model)
 
-    state = {
-        "step": 0,
-        "epoch": 0,
-        "batch_in_epoch": 0,
-        "seed": cfg.seed,
-        "pretrained": cfg.pretrained,
-        "attempt": 0,
-    }
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "seed": cfg.seed, "pretrained": cfg.pretrained}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = _restore(checkpoint, model, opt, sched)
-        state["attempt"] = state.get("attempt", 0) + 1
         logger.info(
-            "rank %d resumed at step %d (epoch %d, batch %d)",
-            rank,
-            state["step"],
-            state["epoch"],
-            state["batch_in_epoch"],
-        )
+            "rank %d resumed at step %d (epoch %d, batch %d; written by %d %s workers)",
+            rank, state["step"], state["epoch"], state["batch_in_epoch"],
+            state.get("world_size", 0), state.get("strategy", "?"),
+        )  # fmt: skip
+    state["attempt"] = state.get("attempt", -1) + 1 if checkpoint is not None else 0
+    state.update(world_size=world, strategy=cfg.scaling.strategy)
 
     nodes = [None] * world
     torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    held = parallel.shard_fraction(model, frozen=True)
+    fractions = [0.0] * world
+    torch.distributed.all_gather_object(fractions, held)
     if rank == 0:
         mlflow.set_tracking_uri(loop_config["tracking_uri"])
         mlflow.start_run(run_id=loop_config["mlflow_run_id"])
         mlflow.set_tag("meerkat.worker_nodes", ",".join(nodes))
+        mlflow.log_metrics({f"train/frozen_shard_fraction/rank{r}": f for r, f in enumerate(fractions)})
+        print(f"frozen parameters held per rank: {[round(f, 4) for f in fractions]}", flush=True)
         if checkpoint is not None:  # one point per restart: where the run picked up again
             mlflow.log_metric("train/resumed_at_step", state["step"], step=state["step"])
-    shard = ray.train.get_dataset_shard("train")
-    collate = MeerkatCollate(model.tokenizer.pad_token_id)
-    use_amp = device.type == "cuda"
-    accum = cfg.grad_accum
-    sums: dict[str, float] = {}
-    window_start, wait_s, window_samples = time.perf_counter(), 0.0, 0
-    grad_norm = torch.zeros(())
-    micro = 0
-    wrapped.train()
 
-    # The shard is either one stream of several epochs (``pipelines.data.build_dataset(epochs=N)``)
-    # or, with ``data.cache``, one epoch per iteration (``build_cached_epochs``); rows carry their
-    # epoch either way. A resumed worker skips what the checkpoint's data position says it trained
-    # on: earlier epochs, then ``batch_in_epoch`` batches of the checkpoint's epoch.
-    resume_at = (state["epoch"], state["batch_in_epoch"])
-    passes = 0
+    collate = MeerkatCollate(model.tokenizer.pad_token_id)
+    accum = cfg.grad_accum
+    window, grad_norm, micro = _Window(), 0.0, 0
+    wrapped.train()
+    batches = _batches(cfg, loop_config, collate, rank, state)
     while state["step"] < cfg.optim.max_steps:
-        if passes and loop_config["epochs_per_pass"]:
-            logger.warning(
-                "the stream ended before max_steps (more samples were dropped than expected); "
-                "reading it again"
-            )
-        batches = iter(
-            shard.iter_torch_batches(
-                batch_size=cfg.optim.batch_size,
-                collate_fn=collate,
-                local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                local_shuffle_seed=cfg.seed * 1000 + passes * 10 + rank,
-                drop_last=True,
-            )
-        )
-        epoch_offset = passes * loop_config["epochs_per_pass"]
-        passes += 1
-        current, in_epoch = -1, 0
-        while state["step"] < cfg.optim.max_steps:
-            t_wait = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            wait_s += time.perf_counter() - t_wait
-            epoch = epoch_offset + max(batch.pop("epoch", [0]))
-            if epoch != current:
-                current, in_epoch = epoch, 0
-            in_epoch += 1
-            if (epoch, in_epoch) <= resume_at:
-                continue
-            state["epoch"], state["batch_in_epoch"] = epoch, in_epoch
-            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = wrapped(batch)
-            (out["loss"] / accum).backward()
-            for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
-                sums[k] = sums.get(k, 0.0) + out[k].detach().item()
-            sums["n"] = sums.get("n", 0) + 1
-            window_samples += len(batch["input_ids"])
-            micro += 1
-            if micro % accum:
-                continue
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            state["step"] += 1
-            step = state["step"]
-            if (
-                cfg.fail_at_step is not None
-                and step == cfg.fail_at_step
-                and rank == 1
-                and state["attempt"] == 0
-            ):
-                # Ray Train's controller collects reports (and registers checkpoints) when it polls
-                # the workers; a crash within one poll of a report can lose that checkpoint. Wait
-                # out three polls, so the test is of resuming from the latest registered one.
-                delay = 3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
-                logger.error(
-                    "fail_at_step=%d: rank 1 kills itself in %.0f s (fault-tolerance test)", step, delay
-                )
-                time.sleep(delay)
-                os.kill(os.getpid(), signal.SIGKILL)
-            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.optim.max_steps):
-                elapsed = time.perf_counter() - window_start
-                metrics = {f"train/{k}": v / sums["n"] for k, v in sums.items() if k != "n"}
-                metrics.update(
-                    {
-                        "train/lr": sched.get_last_lr()[0],
-                        "train/grad_norm": float(grad_norm),
-                        "train/samples_per_s": window_samples * world / max(elapsed, 1e-9),
-                        "train/data_wait_frac": wait_s / max(elapsed, 1e-9),
-                    }
-                )
+        t_wait = time.perf_counter()
+        epoch, in_epoch, batch = next(batches)
+        window.wait_s += time.perf_counter() - t_wait
+        state["epoch"], state["batch_in_epoch"] = epoch, in_epoch
+        _trace(cfg, rank, state, list(batch["__key__"]))
+        micro += 1
+        losses = _forward_backward(wrapped, batch, accum, device, sync=micro % accum == 0)
+        window.add(losses, len(batch["input_ids"]))
+        if micro % accum:
+            continue
+        grad_norm = _optimizer_step(cfg, params, opt, sched)
+        state["step"] += 1
+        step = state["step"]
+        _maybe_fail(cfg, rank, state)
+        if step % cfg.log_every == 0 or step == cfg.optim.max_steps:
+            metrics = window.metrics(world, sched.get_last_lr()[0], grad_norm)
+            if rank == 0:
                 metrics.update({f"train/skipped/{k}": float(v) for k, v in skip_counts().items()})
                 mlflow.log_metrics(metrics, step=step)
                 print(
@@ -332,18 +413,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     + " ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items() if "/skipped/" not in k),
                     flush=True,
                 )
-                sums, window_start, wait_s, window_samples = {}, time.perf_counter(), 0.0, 0
-            if step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps:
-                with tempfile.TemporaryDirectory() as tmp:
-                    ckpt = None
-                    if rank == 0:
-                        _save_checkpoint(Path(tmp), model, opt, sched, state)
-                        ckpt = ray.train.Checkpoint.from_directory(tmp)
-                    ray.train.report(
-                        {"step": step, "epoch": state["epoch"]},
-                        checkpoint=ckpt,
-                        checkpoint_dir_name=f"step-{step:07d}",
-                    )
+            window = _Window()
+        if step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps:
+            _save(model, opt, sched, state, step)
     if rank == 0:
         mlflow.end_run()
 
@@ -403,6 +475,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     import yaml
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from meerkat_core import checkpoint
     from pipelines import registry, storage
     from pipelines.config import flatten, resolve_model
     from pipelines.data import build_cached_epochs, build_dataset, samples_per_epoch, skip_counts
@@ -413,7 +486,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     )
     mlflow.set_tracking_uri(tracking_uri)
-    params = {k: v for k, v in flatten(resolved).items() if k != "job.fail_at_step"}
+    params = {k: v for k, v in flatten(resolved).items() if k not in ("job.fail_at_step", "job.trace_dir")}
     run_id = _mlflow_run(cfg, params, yaml.safe_dump(resolved, sort_keys=False))
 
     tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
@@ -466,11 +539,8 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     version = None
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         with result.checkpoint.as_directory() as ckpt_dir:
-            model_dir = Path(tmp) / "meerkat"
-            model_dir.mkdir()
-            for name in ("config.json", "trainable.pt"):
-                (model_dir / name).write_bytes((Path(ckpt_dir) / name).read_bytes())
-            _copy_tree(Path(ckpt_dir) / "tokenizer", model_dir / "tokenizer")
+            # the sharded training checkpoint -> one model directory of full trainable tensors
+            model_dir = checkpoint.consolidate(ckpt_dir, Path(tmp) / "meerkat")
         mlflow.log_metrics({f"train/skipped_total/{k}": float(v) for k, v in skipped.items()})
         mlflow.set_tag("meerkat.checkpoint", result.checkpoint.path)
         version = registry.log_and_register(model_dir, registered_name=cfg.mlflow.register_as)
@@ -482,15 +552,6 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     }
     print(json.dumps(out))
     return out
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        if item.is_dir():
-            _copy_tree(item, dst / item.name)
-        else:
-            (dst / item.name).write_bytes(item.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -227,8 +227,10 @@ def test_two_nodes_fault_and_resume(s3_server, mlflow_server, tmp_path, monkeypa
         bucket, prefix = runs_uri[5:].split("/", 1)
         s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
-        assert any(k.endswith("step-0000030/trainable.pt") for k in keys)
-        assert sum(k.endswith("trainable.pt") for k in keys) == cfg.checkpoint.keep
+        # every rank's part of a checkpoint lands in one directory: the metadata and both ranks' files
+        assert any(k.endswith("step-0000030/dcp/.metadata") for k in keys)
+        assert sum(k.endswith("dcp/.metadata") for k in keys) == cfg.checkpoint.keep
+        assert any(k.endswith("step-0000030/state.json") for k in keys)
 
         # re-submitting the same name resumes it (and its MLflow run) up to the new step count
         again = train.run(
