@@ -48,6 +48,7 @@ import pyarrow.fs
 from packaging.version import Version
 
 import meerkat_core
+from meerkat_core import checkpoint
 from meerkat_core.model import MeerkatModel, load_model
 from pipelines import pyfunc_model, storage
 
@@ -55,8 +56,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-MODEL_FILES = ("config.json", "trainable.pt")
-TOKENIZER_DIR = "tokenizer"
+MODEL_FILES = (checkpoint.CONFIG_FILE, checkpoint.TRAINABLE_FILE)
+TOKENIZER_DIR = checkpoint.TOKENIZER_DIR
 CORE_REQUIREMENTS = (
     "torch",
     "transformers",
@@ -166,12 +167,9 @@ def _warn_unpinned_base(model_dir: Path) -> None:
 
 
 def find_model_dir(root: str | Path) -> Path:
-    """The directory under ``root`` (itself included) that holds ``config.json`` and ``trainable.pt``."""
-    root = Path(root)
-    for candidate in [root, *sorted(p.parent for p in root.rglob("trainable.pt"))]:
-        if all((candidate / f).exists() for f in MODEL_FILES):
-            return candidate
-    raise FileNotFoundError(f"no Meerkat model (config.json + trainable.pt) under {root}")
+    """The model directory or training checkpoint under ``root`` (itself first): see
+    :func:`meerkat_core.checkpoint.find_model_dir`."""
+    return checkpoint.find_model_dir(root)
 
 
 class _PyfuncWithoutExampleCheck:

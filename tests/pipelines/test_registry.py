@@ -59,6 +59,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_model_dir_holds_only_config_weights_and_tokenizer(model_dir: Path, tmp_path: Path):
     assert registry.check_model_dir(model_dir) == model_dir
+    assert registry.find_model_dir(model_dir.parent) == model_dir
     import shutil
 
     copied = tmp_path / "m"
