@@ -117,8 +117,9 @@ class Answerer:
         _report(counts)
         if not rows:
             return {}
+        batch = collate(rows, self.model.tokenizer.pad_token_id, side="left")
         texts, attn = self.model.generate(
-            collate(rows, self.model.tokenizer.pad_token_id, side="left"),
+            {k: v.to(self.device) for k, v in batch.items()},
             max_new_tokens=self.max_new_tokens,
             return_attention=True,
         )
@@ -127,7 +128,7 @@ class Answerer:
             "task": np.asarray([m["task"] for m in metas]),
             "meta": np.asarray([json.dumps(m) for m in metas]),
             "prediction": np.asarray(texts),
-            "attn": attn.float().numpy(),
+            "attn": attn.float().cpu().numpy(),
         }
 
 
