@@ -1,7 +1,8 @@
 """Fixtures of the Serve tests: the grounding model, registered in MLflow, deployed on the local stack.
 
 ``meerkat_service`` is the application deployed with ``meerkat serve`` from
-``models:/meerkat-serve-test/<version>`` on the ``local_stack`` fixture, with a bearer token;
+``models:/meerkat-serve-test/latest`` (resolved at deploy to the registered version) on the
+``local_stack`` fixture, with a bearer token;
 tests using it are marked ``integration`` through ``local_stack``. It is package-scoped, so that
 its replicas leave the shared Ray head once the Serve tests are done.
 """
@@ -51,9 +52,15 @@ def registered_model(local_stack, grounding_model_dir: Path) -> str:
     return f"models:/{REGISTERED_NAME}/{version}"
 
 
+@pytest.fixture(scope="session")
+def deployed_ref(registered_model: str) -> str:
+    """What the service is deployed with: ``latest``, which the builder resolves to the version."""
+    return registered_model.rpartition("/")[0] + "/latest"
+
+
 @pytest.fixture(scope="package")
-def meerkat_service(local_stack, registered_model: str) -> Iterator[service.Service]:
-    deployed = service.deploy(local_stack, registered_model, stack.free_port(), secrets.token_hex(16))
+def meerkat_service(local_stack, deployed_ref: str) -> Iterator[service.Service]:
+    deployed = service.deploy(local_stack, deployed_ref, stack.free_port(), secrets.token_hex(16))
     try:
         yield deployed
     finally:

@@ -192,14 +192,19 @@ class _Handle:
 
 
 def _ingress(outcome):
-    """The ingress class without Ray: its request path against a fake model handle."""
+    """The ingress's request path without Ray: its methods on a plain object and a fake model handle."""
+    import types
     from concurrent.futures import ThreadPoolExecutor
 
-    ingress = object.__new__(serve_app.MeerkatAPI.func_or_class)
-    ingress.model = _Handle(outcome)
-    ingress.settings = serve_app.AppArgs(model="m")
-    ingress.pool = ThreadPoolExecutor(max_workers=1)
-    ingress._prepare_sync = lambda instruction, raw: serve_app._Prepared({"input_ids": [1, 2, 3]}, 8, 8, 1.0)
+    cls = serve_app.MeerkatAPI.func_or_class
+    ingress = types.SimpleNamespace(
+        model=_Handle(outcome),
+        settings=serve_app.AppArgs(model="m"),
+        pool=ThreadPoolExecutor(max_workers=1),
+        _prepare_sync=lambda instruction, raw: serve_app._Prepared({"input_ids": [1, 2, 3]}, 8, 8, 1.0),
+    )
+    ingress._offload = types.MethodType(cls._offload, ingress)
+    ingress._run = types.MethodType(cls._run, ingress)
     return ingress
 
 

@@ -170,6 +170,7 @@ def test_examples_are_held_out_scenes_served_as_files(client, scenes):
     assert client.get("/examples/..%2Fapp.py").status_code == 404
 
 
-def test_models_lists_the_registered_model(client, registered_model):
+def test_models_lists_the_version_latest_resolved_to_at_deploy(client, registered_model, deployed_ref):
+    assert deployed_ref.endswith("/latest")
     (card,) = client.get("/v1/models").json()["data"]
-    assert card["id"] == registered_model.removeprefix("models:/")
+    assert card["id"] == registered_model.removeprefix("models:/")  # models:/<name>/<n>, not latest
