@@ -34,24 +34,27 @@ def encode_prompt(
     """Token ids of ``prompts.chat_prompt(instruction)``, BOS first, and with ``offsets`` each
     token's character span in that text (None from a slow tokenizer, which has none).
 
-    This is where user text is kept from becoming a placeholder or special token: the template
-    and the instruction are encoded apart, the instruction with ``split_special_tokens=True``, so
-    ``<image>``, ``<audio>``, ``</s>`` or ``<pad>`` typed by a user are the characters they are (an
-    extra ``<image>`` would make the model fail, a ``</s>`` end the prompt). Ordinary added tokens
-    (the tiny tokenizer's numbers) still apply. For the tiny preset's byte-level BPE the ids equal
-    those of encoding the whole prompt at once for every instruction without special-token text
-    (tests/core/test_prompts.py checks every template); a SentencePiece tokenizer (Llama's) starts
-    the instruction as a new word, the same way in training and serving. ``[INST]`` is not a
-    special token of either tokenizer: typed by a user, it stays text, as in any Llama-2 chat.
+    This is where user text is kept from becoming a placeholder or special token. An instruction
+    that spells none of the tokenizer's special tokens is encoded with the template as one string,
+    exactly as before this guard existed (so trained models see the same ids). One that does
+    (``<image>``, ``<audio>``, ``</s>``, ``<pad>``, ... typed by a user; an extra ``<image>`` would
+    make the model fail, a ``</s>`` end the prompt) is encoded apart from the template, with
+    ``split_special_tokens=True``: those characters are then plain text. Ordinary added tokens (the
+    tiny tokenizer's numbers) still apply. ``[INST]`` is not a special token of the project's
+    tokenizers: typed by a user, it stays text, as in any Llama-2 chat.
     """
-    before, after = prompts.chat_prompt_parts()
+    text = prompts.chat_prompt(instruction)
     with_offsets = offsets and tokenizer.is_fast
+    if not _spells_special_tokens(tokenizer, instruction):
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=with_offsets)
+        return list(enc["input_ids"]), ([tuple(o) for o in enc["offset_mapping"]] if with_offsets else None)
+    before, after = prompts.chat_prompt_parts()
     ids: list[int] = []
     spans: list[tuple[int, int]] = []
     start = 0
-    for index, (text, user) in enumerate(((before, False), (instruction, True), (after, False))):
+    for index, (piece, user) in enumerate(((before, False), (instruction, True), (after, False))):
         enc = tokenizer(
-            text,
+            piece,
             add_special_tokens=index == 0,
             split_special_tokens=user,
             return_offsets_mapping=with_offsets,
@@ -59,8 +62,17 @@ def encode_prompt(
         ids.extend(enc["input_ids"])
         if with_offsets:
             spans.extend((a + start, b + start) for a, b in enc["offset_mapping"])
-        start += len(text)
+        start += len(piece)
     return ids, (spans if with_offsets else None)
+
+
+def _spells_special_tokens(tokenizer: PreTrainedTokenizerBase, instruction: str) -> bool:
+    """Whether the prompt holds more special-token text than its template alone (also across the
+    instruction's edges)."""
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    specials.update(tokenizer.all_special_tokens)
+    text, template = prompts.chat_prompt(instruction), prompts.chat_prompt("")
+    return any(text.count(s) != template.count(s) for s in specials if s)
 
 
 def encode_example(

@@ -193,14 +193,33 @@ def test_chat_prompt_parts_surround_the_instruction():
         assert before + "Hi there" + after == chat_prompt("Hi there", system=system)
 
 
-def test_benign_instructions_encode_as_the_whole_prompt_did(tiny_tokenizer):
+@pytest.fixture(scope="module", params=["tiny", "llama-style"])
+def tokenizer(request, tiny_tokenizer):
+    if request.param == "tiny":
+        return tiny_tokenizer
+    from meerkat_core.tokenizer import ensure_special_tokens
+    from tests.fixtures.pretrained import llama_style_tokenizer
+
+    return ensure_special_tokens(llama_style_tokenizer())
+
+
+def test_benign_instructions_encode_as_the_whole_prompt_did(tokenizer):
     from meerkat_core.batching import encode_prompt
 
     instructions = [_filled(t) for templates in TEMPLATES.values() for t in templates]
-    instructions += ["Where?", "why  ", "a [0.10, 0.20] b", "Is it 3.5 s?", "dog's bark", ""]
+    instructions += [
+        "Where?",
+        "why  ",
+        "a [0.10, 0.20] b",
+        "Is it 3.5 s?",
+        "dog's bark",
+        "",
+        "[INST] hi",
+        "<img>",
+    ]
     for instruction in instructions:
-        whole = tiny_tokenizer(chat_prompt(instruction), add_special_tokens=True)["input_ids"]
-        ids, offsets = encode_prompt(tiny_tokenizer, instruction, offsets=True)
+        whole = tokenizer(chat_prompt(instruction), add_special_tokens=True)["input_ids"]
+        ids, offsets = encode_prompt(tokenizer, instruction, offsets=True)
         assert ids == whole, instruction
         text = chat_prompt(instruction)
         assert len(offsets) == len(ids)
@@ -208,24 +227,25 @@ def test_benign_instructions_encode_as_the_whole_prompt_did(tiny_tokenizer):
 
 
 @pytest.mark.parametrize("poison", POISON)
-def test_special_token_text_in_an_instruction_or_answer_stays_text(tiny_tokenizer, poison):
+def test_special_token_text_in_an_instruction_or_answer_stays_text(tokenizer, poison, tiny_tokenizer):
     from meerkat_core.batching import encode_example
 
-    special = set(tiny_tokenizer.all_special_ids)
-    image_id = tiny_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    audio_id = tiny_tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    special = set(tokenizer.all_special_ids)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
     for instruction in (poison, f"Is the {poison} here?", poison * 3, f"x{poison}y"):
-        example = encode_example(tiny_tokenizer, instruction, f"{poison} True {poison}", 400)
+        example = encode_example(tokenizer, instruction, f"{poison} True {poison}", 400)
         ids, labels = example["input_ids"], example["labels"]
         # the template's own: BOS first, one <image>, one <audio>, EOS last; nothing else special
-        assert ids[0] == tiny_tokenizer.bos_token_id and ids[-1] == tiny_tokenizer.eos_token_id
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
         assert ids.count(image_id) == 1 and ids.count(audio_id) == 1
         inner = [i for i in ids[1:-1] if i not in (image_id, audio_id)]
-        assert not special & set(inner), (instruction, tiny_tokenizer.convert_ids_to_tokens(ids))
+        assert not special & set(inner), (instruction, tokenizer.convert_ids_to_tokens(ids))
         answer = [i for i in labels if i != -100]
-        assert tiny_tokenizer.decode(answer[:-1]) == f" {poison} True {poison}"
-        prompt = ids[: len(ids) - len(answer)]
-        assert tiny_tokenizer.decode(prompt[1:]) == chat_prompt(instruction)
+        if tokenizer is tiny_tokenizer:  # byte-level: the text comes back exactly
+            assert tokenizer.decode(answer[:-1]) == f" {poison} True {poison}"
+            prompt = ids[: len(ids) - len(answer)]
+            assert tokenizer.decode(prompt[1:]) == chat_prompt(instruction)
 
 
 def test_regions_of_a_poisoned_instruction_point_at_its_own_tokens(tiny_tokenizer):
