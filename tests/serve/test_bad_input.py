@@ -293,8 +293,8 @@ CASES = {
             "content": json.dumps({**_media(s), "question": "why \ud800?"}).encode(),
             "headers": {"Content-Type": "application/json"},
         },
-        400,
-        "not valid Unicode",
+        422,
+        "question: Input should be a valid string",
     ),
     "json array body": Case(
         "/v1/chat/completions", lambda s: {"json": [1, 2]}, 422, "the body must be a JSON object"
