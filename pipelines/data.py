@@ -42,12 +42,14 @@ the demo's split.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import tarfile
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -65,7 +67,7 @@ from meerkat_core.media import MediaError
 from meerkat_core.tokenizer import load_tokenizer
 from pipelines import storage
 from pipelines.avfit.sample import SampleError, validate_meta
-from pipelines.avfit.shards import read_manifest, shard_uris
+from pipelines.avfit.shards import read_manifest, shard_source, shard_uris
 from pipelines.mixing import task_keep_probs, thin_batch, unit_hash
 
 logger = logging.getLogger(__name__)
@@ -99,9 +101,16 @@ class DataConfig:
     tasks: tuple[str, ...] = ()
     """Keep only these tasks (empty: all). The single-task ablation sets one."""
     shuffle_buffer: int = 64
-    """Samples in each worker's local shuffle buffer (0: no local shuffle)."""
-    preprocess_tasks: int = 1
-    """Preprocessing tasks running at once (each process keeps a tokenizer and a mel filter bank)."""
+    """Samples in each worker's local shuffle buffer on the cached path (0: none). The streaming
+    path shuffles inside each read group instead (``mix_shards``), which keeps resumption exact."""
+    mix_shards: int = 8
+    """Shards one read task reads and interleaves (a seeded permutation of their samples): the
+    read-time source and task mixing, and the unit of resumption. Memory per read task grows
+    with it (see :func:`read_memory`)."""
+    preprocess_tasks: int | None = None
+    """At most this many preprocessing tasks at once; ``None`` (the default, and what every
+    config uses): as many as the cluster's free CPUs allow, scaled by Ray Data as nodes come
+    and go. A number is for benchmarks and small shared machines only."""
     preprocess_cpus: float = 1.0
     """Logical CPUs each preprocessing task reserves. Leave room for the read tasks and the
     training workers: preprocessing that takes every CPU of the cluster starves the reads and stalls."""
@@ -115,6 +124,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if any(w < 0 for w in self.task_weights.values()):
             raise ValueError("task weights must be >= 0")
+        if self.mix_shards < 1:
+            raise ValueError(f"data.mix_shards must be >= 1, got {self.mix_shards}")
 
 
 @ray.remote(num_cpus=0)
@@ -242,8 +253,10 @@ class Preprocess:
             counts["bad_sample"] += 1
             logger.warning("skipping %s: %s", key, exc)
             return None
+        row.update(lean_media(row["pixel_values"], row["audio_features"], self.prep.image))
         row["__key__"] = key
         row["task"] = meta["task"]
+        row["source"] = str(meta.get("source", ""))
         row["epoch"] = epoch
         if self.keep_meta:
             row["meta"] = json.dumps(meta)
@@ -253,18 +266,20 @@ class Preprocess:
         counts: Counter[str] = Counter()
         n = len(batch["__key__"])
         epochs = batch["epoch"] if "epoch" in batch else np.zeros(n, dtype=np.int64)
-        rows = [
-            r
-            for r in (
-                self._row(k, j, f, m, counts, int(e))
-                for k, j, f, m, e in zip(
-                    batch["__key__"], batch["jpg"], batch["flac"], batch["json"], epochs, strict=True
-                )
-            )
-            if r is not None
-        ]
+        rows, kept = [], []
+        for i, (k, j, f, m, e) in enumerate(
+            zip(batch["__key__"], batch["jpg"], batch["flac"], batch["json"], epochs, strict=True)
+        ):
+            row = self._row(k, j, f, m, counts, int(e))
+            if row is not None:
+                rows.append(row)
+                kept.append(i)
         _report(counts)
-        return _columns(rows)
+        out = _columns(rows)
+        for name in POSITION_COLUMNS:  # where each row is in its rank's stream (resumption)
+            if rows and name in batch:
+                out[name] = np.asarray(batch[name])[kept]
+        return out
 
 
 _PREPROCESSORS: dict[tuple[Any, ...], Preprocess] = {}
@@ -320,45 +335,261 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-class MeerkatCollate(NumpyBatchCollateFn):
-    """``iter_torch_batches`` collate: pad ragged text (right for training, left for generation)."""
+# -- lean rows ---------------------------------------------------------------------------------------
 
-    def __init__(self, pad_id: int, side: str = "right") -> None:
+
+def lean_media(pixel_values: np.ndarray, audio_features: np.ndarray, image: Any) -> dict[str, np.ndarray]:
+    """The object-store form of a row's media: 8-bit pixels, 16-bit log-mels, and how to normalise.
+
+    ``pixel_values [3,S,S]`` float32, normalised by ``image`` (a
+    :class:`meerkat_core.media.ImagePreprocessor`, the owner of the constants) -> the crop's 8-bit
+    values, exactly (the float was computed from them); ``pixel_norm [3,3]`` = the mean, std and
+    rescale factor per channel, so the trainer normalises with the constants the row was made
+    with (:func:`normalise_media`). ``audio_features [W,1,T,F]`` -> float16.
+    """
+    mean = np.asarray(image._mean, np.float32).reshape(3, 1, 1)  # [3,1,1]
+    std = np.asarray(image._std, np.float32).reshape(3, 1, 1)
+    scaled = (pixel_values.astype(np.float64) * std + mean) / image.rescale_factor
+    norm = np.stack([mean.reshape(3), std.reshape(3), np.full(3, image.rescale_factor, np.float32)])
+    return {
+        "pixel_values": np.clip(np.rint(scaled), 0, 255).astype(np.uint8),  # [3,S,S]
+        "audio_features": audio_features.astype(np.float16),  # [W,1,T,F]
+        "pixel_norm": norm.astype(np.float32),  # [3,3]
+    }
+
+
+def normalise_media(batch: dict[str, Any], device: Any = None) -> dict[str, Any]:
+    """Lean batch media -> the model's float32 ``pixel_values``/``audio_features``, on ``device``.
+
+    Moves the 8-bit and 16-bit tensors first and converts there, once: the trainer's device does
+    the arithmetic and the host-to-device copy is a quarter (pixels) and a half (mels) of float32's.
+    """
+    import torch
+
+    pixels = batch["pixel_values"].to(device)
+    if pixels.dtype == torch.uint8:
+        norm = batch.pop("pixel_norm").to(device, torch.float32)  # [B,3,3]
+        scaled = pixels.to(torch.float32) * norm[:, 2, :, None, None]
+        pixels = (scaled - norm[:, 0, :, None, None]) / norm[:, 1, :, None, None]  # [B,3,S,S]
+    batch.pop("pixel_norm", None)
+    batch["pixel_values"] = pixels
+    batch["audio_features"] = batch["audio_features"].to(device).to(torch.float32)
+    return batch
+
+
+def row_bytes(model_config: ModelConfig) -> int:
+    """Bytes of one lean row in the object store (media, box mask, text at its budget)."""
+    s, g, a = model_config.image.image_size, model_config.image.grid, model_config.audio
+    mel = a.num_windows * a.frames_per_window * a.num_mel_bins * 2
+    return 3 * s * s + mel + g * g * 4 + 2 * model_config.max_text_tokens * 8 + 3 * 3 * 4 + 256
+
+
+class MeerkatCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate: pad ragged text (right for training, left for generation),
+    then turn the lean media into the model's float tensors on ``device`` (:func:`normalise_media`)."""
+
+    def __init__(self, pad_id: int, side: str = "right", device: Any = None) -> None:
         self.pad_id = pad_id
         self.side = side
+        self.device = device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
         n = len(batch["input_ids"])
         rows = [{c: batch[c][i] for c in ROW_COLUMNS} for i in range(n)]
         out: dict[str, Any] = batching.collate(rows, self.pad_id, side=self.side)
+        if "pixel_norm" in batch:
+            out["pixel_norm"] = torch.from_numpy(np.stack(list(batch["pixel_norm"])))
+        out = normalise_media(out, self.device)
         out["__key__"] = list(batch["__key__"])
         out["task"] = list(batch["task"])
-        if "epoch" in batch:
-            out["epoch"] = [int(e) for e in batch["epoch"]]
+        for name in POSITION_COLUMNS:
+            if name in batch:
+                out[name] = [int(v) for v in batch[name]]
         if "meta" in batch:
             out["meta"] = [json.loads(m) for m in batch["meta"]]
         return out
 
 
-def shard_samples(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """``flat_map`` stage: ``{"uri", "epoch"}`` -> the shard's samples (:func:`untar`), each with its epoch.
+# -- reading: per-rank shard groups, in a seeded order ----------------------------------------------
 
-    Read and untar are one stage on purpose: fewer worker processes on a small machine (each Ray
-    worker that runs this module pays the torch import), and no 100-MB tar blocks between stages.
-    A shard that cannot be read (after retries; a missing one at once) is skipped and counted.
-    """
+POSITION_COLUMNS = ("epoch", "group", "index")
+"""Where a row is in its rank's stream: epoch, read group of the rank's epoch, index in the group."""
+READ_MEMORY_FACTOR = 3
+"""A read task holds a group's payloads, their untarred members and its output block: about three
+times the group's bytes (see :func:`read_memory`)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_client(settings: storage.S3Settings) -> Any:
+    """One boto3 client per process and settings (clients are thread-safe; retries in their config)."""
+    return storage.boto3_client(settings)
+
+
+def read_shard(uri: str) -> bytes:
+    """The bytes of one shard: S3 through this process's reused client, or a local file."""
+    scheme, bucket, key = storage.parse_uri(uri)
+    if scheme == "file":
+        return storage.read_bytes(uri)
+    settings = storage.S3Settings.from_env()
+    with storage._s3_errors(uri, settings):
+        return _s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _read_or_skip(uri: str) -> bytes | None:
     for attempt in range(READ_ATTEMPTS):
         try:
-            payload = storage.read_bytes(row["uri"])
-            break
+            return read_shard(uri)
         except OSError as exc:  # storage masks credentials in the message
             if attempt + 1 < READ_ATTEMPTS and not isinstance(exc, FileNotFoundError):
                 time.sleep(2**attempt)
                 continue
-            logger.warning("shard %s cannot be read (%s); skipping it", row["uri"], exc)
+            logger.warning("shard %s cannot be read (%s); skipping it", uri, exc)
             _report(Counter(unreadable_shard=1))
-            return
-    yield from untar({"bytes": payload, "path": row["uri"], "epoch": int(row["epoch"])})
+    return None
+
+
+def shard_samples(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``flat_map`` stage: ``{"uri", "epoch"}`` -> the shard's samples (:func:`untar`), each with its epoch.
+
+    Read and untar are one stage on purpose: no 100-MB tar blocks between stages. A shard that
+    cannot be read (after retries; a missing one at once) is skipped and counted.
+    """
+    payload = _read_or_skip(row["uri"])
+    if payload is not None:
+        yield from untar({"bytes": payload, "path": row["uri"], "epoch": int(row["epoch"])})
+
+
+def group_samples(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``flat_map`` stage: one read group -> its shards' samples, interleaved, from ``skip`` on.
+
+    ``row``: ``uris`` (JSON list), ``epoch``, ``group``, ``skip``, ``seed`` (< 0: no shuffle). The
+    group's samples are permuted by a generator seeded with (seed, epoch, the group's shards): the
+    same bytes give the same order, so a resumed stream skips exactly the ``skip`` samples it
+    trained on, without decoding them. Each sample gets its ``group`` and ``index`` (in that order).
+    """
+    uris: list[str] = json.loads(row["uris"])
+    epoch, seed = int(row["epoch"]), int(row["seed"])
+    samples: list[dict[str, Any]] = []
+    for uri in uris:
+        payload = _read_or_skip(uri)
+        if payload is not None:
+            samples.extend(untar({"bytes": payload, "path": uri, "epoch": epoch}))
+    if seed >= 0:
+        order = np.random.default_rng([seed, epoch, zlib.crc32(" ".join(uris).encode())]).permutation(
+            len(samples)
+        )
+        samples = [samples[i] for i in order]
+    for index in range(int(row["skip"]), len(samples)):
+        yield {**samples[index], "group": int(row["group"]), "index": index}
+
+
+def shard_order(uris: list[str], strata: list[str] | None, *, seed: int | None, epoch: int) -> list[str]:
+    """The epoch's shard order: with a seed, each stratum's (source's) shards in a seeded order,
+    the strata spread evenly through the epoch (shard ``j`` of a stratum of ``n`` sits at
+    ``(j + u) / n``, ``u`` a seeded offset per stratum), so any run of consecutive shards holds the
+    sources near their shares; without a seed, the manifest's order."""
+    if seed is None:
+        return list(uris)
+    rng = np.random.default_rng([seed, epoch])
+    if strata is None:
+        order = list(uris)
+        rng.shuffle(order)
+        return order
+    by: dict[str, list[str]] = {}
+    for uri, stratum in zip(uris, strata, strict=True):
+        by.setdefault(stratum, []).append(uri)
+    keyed = []
+    for stratum in sorted(by):
+        members = by[stratum]
+        rng.shuffle(members)
+        offset = rng.random()
+        keyed += [((j + offset) / len(members), stratum, u) for j, u in enumerate(members)]
+    return [u for _, _, u in sorted(keyed)]
+
+
+def rank_groups(
+    uris: list[str],
+    *,
+    seed: int | None,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    group: int = 1,
+    strata: list[str] | None = None,
+) -> list[list[str]]:
+    """The read groups of ``rank`` in ``epoch``: every ``world``-th shard of :func:`shard_order`
+    from ``rank``, cut into runs of ``group``. A rank's share depends only on these numbers: no
+    coordination at run time, and a checkpoint can say where each rank is (:func:`stream_position`)."""
+    mine = shard_order(uris, strata, seed=seed, epoch=epoch)[rank::world]
+    return [mine[i : i + group] for i in range(0, len(mine), group)]
+
+
+def _strata(uri: str) -> list[str]:
+    return [shard_source(s) for s in read_manifest(uri)["shards"]]
+
+
+def raw_stream(
+    uri: str,
+    *,
+    seed: int | None,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    mix_shards: int = 1,
+    stratify: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """``rank``'s samples of ``epoch`` in stream order, metadata only, in this process (no Ray, no
+    decoding): what :func:`read_samples` feeds preprocessing, for measuring the stream's mix.
+    ``stratify=False``: shards in a plain seeded shuffle (how the stream was read before)."""
+    groups = rank_groups(
+        shard_uris(uri),
+        seed=seed,
+        epoch=epoch,
+        rank=rank,
+        world=world,
+        group=mix_shards,
+        strata=_strata(uri) if stratify else None,
+    )
+    for g, members in enumerate(groups):
+        row = {
+            "uris": json.dumps(members),
+            "epoch": epoch,
+            "group": g,
+            "skip": 0,
+            "seed": -1 if seed is None else seed,
+        }
+        for sample in group_samples(row):
+            yield {"__key__": sample["__key__"], "meta": json.loads(sample["json"])}
+
+
+def stream_position(batch: Mapping[str, Any]) -> dict[str, int]:
+    """The position just after ``batch`` in its rank's stream (rows carry :data:`POSITION_COLUMNS`)."""
+    epoch, group, index = max(zip(*(batch[c] for c in POSITION_COLUMNS), strict=True))
+    return {"epoch": int(epoch), "group": int(group), "index": int(index) + 1}
+
+
+def read_memory(uri: str, mix_shards: int) -> int:
+    """Memory a read task requests: :data:`READ_MEMORY_FACTOR` x its group's largest shards."""
+    sizes = sorted((s["bytes"] for s in read_manifest(uri)["shards"]), reverse=True)
+    return int(READ_MEMORY_FACTOR * sum(sizes[:mix_shards]))
+
+
+def check_shards(uri: str) -> list[str]:
+    """The manifest's shard URIs, after checking they are all there (one listing): a missing
+    shard is a clear error at start rather than an epoch short of samples."""
+    uris = shard_uris(uri)
+    if not uris:
+        raise ValueError(f"the manifest at {uri} lists no shards")
+    present = set(storage.list_prefix(uri))
+    missing = [u for u in uris if u not in present]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(uris)} shards listed in {uri}/manifest.json are missing "
+            f"(first: {missing[:3]}): the manifest does not match the shards"
+        )
+    return uris
 
 
 def read_samples(
@@ -367,30 +598,48 @@ def read_samples(
     epochs: int = 1,
     start_epoch: int = 0,
     shuffle_seed: int | None = None,
-    concurrency: int = 2,
+    rank: int = 0,
+    world: int = 1,
+    mix_shards: int = 1,
+    position: Mapping[str, int] | None = None,
 ) -> ray.data.Dataset:
-    """The raw samples of the split at ``uri`` (:func:`untar` rows with ``epoch``), epochs ``start_epoch ..``.
+    """The raw samples of ``rank``'s share of the split at ``uri`` (:func:`untar` rows with
+    :data:`POSITION_COLUMNS`), epochs ``start_epoch ..``, in a fixed order, from ``position`` on.
 
     All the epochs are one execution of one dataset, so the pipeline stays warm from one epoch to
-    the next (a new execution per epoch cost a pipeline start each time: about 40 s per epoch on
-    2 cores, twice an epoch's compute on the demo's split). With ``shuffle_seed``, the shard order
-    of epoch ``e`` is a permutation seeded by ``(shuffle_seed, e)``: reproducible, and different
-    each epoch. ``concurrency`` shards are read at once.
+    the next (a new execution per epoch costs a pipeline start each time). One read task per group
+    of ``mix_shards`` shards (:func:`group_samples`); Ray Data runs as many at once as the cluster
+    has room for. Ray Data keeps the order of the items (``preserve_order``): a rank's stream is
+    the same at every run, which is what makes :func:`stream_position` a resumption point.
+    ``position`` (``{"epoch", "group", "index"}``) overrides ``start_epoch``.
     """
-    uris = shard_uris(uri)
-    if not uris:
-        raise ValueError(f"the manifest at {uri} lists no shards")
+    uris = check_shards(uri)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not 0 <= rank < world or len(uris) < world:
+        raise ValueError(
+            f"rank {rank} of {world}: the split at {uri} has {len(uris)} shards, need >= {world}"
+        )
+    at = (position["epoch"], position["group"], position["index"]) if position else (start_epoch, 0, 0)
+    strata = _strata(uri)
     items = []
-    for epoch in range(start_epoch, start_epoch + epochs):
-        order = list(uris)
-        if shuffle_seed is not None:
-            np.random.default_rng([shuffle_seed, epoch]).shuffle(order)
-        items += [{"uri": u, "epoch": epoch} for u in order]
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    for epoch in range(at[0], at[0] + epochs):
+        groups = rank_groups(
+            uris, seed=shuffle_seed, epoch=epoch, rank=rank, world=world, group=mix_shards, strata=strata
+        )
+        for g, members in enumerate(groups):
+            if (epoch, g) < at[:2]:
+                continue
+            skip = at[2] if (epoch, g) == at[:2] else 0
+            seed = -1 if shuffle_seed is None else shuffle_seed
+            items.append(
+                {"uris": json.dumps(members), "epoch": epoch, "group": g, "skip": skip, "seed": seed}
+            )
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Mostly I/O: a small CPU reservation keeps reads schedulable beside busy workers.
-    return ds.flat_map(shard_samples, num_cpus=0.25, compute=ray.data.TaskPoolStrategy(size=concurrency))
+    ds = ds.flat_map(group_samples, num_cpus=0.25, memory=read_memory(uri, mix_shards))
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, float] | None]:
@@ -406,22 +655,45 @@ def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, in
     return task_counts, keep
 
 
+def keep_probs(cfg: DataConfig) -> dict[str, float] | None:
+    """The task-mixing keep probability per task (``None``: keep everything)."""
+    return _keep_probs(cfg, read_manifest(cfg.uri))[1]
+
+
+CACHE_STORE_FRACTION = 0.8
+"""Share of the cluster's object store the cached split may take (the rest: blocks in flight)."""
+
+
+def check_cache_fits(cfg: DataConfig, model_config: ModelConfig) -> int:
+    """Bytes the cached split will take; raises ValueError when it would not fit the object store."""
+    task_counts, keep = _keep_probs(cfg, read_manifest(cfg.uri))
+    wanted = sum(n for t, n in task_counts.items() if keep is None or keep.get(t, 0.0) > 0)
+    need = wanted * row_bytes(model_config)
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    if need > CACHE_STORE_FRACTION * store:
+        raise ValueError(
+            f"data.cache: the split at {cfg.uri} would take about {need / 1e9:.2f} GB in Ray's object "
+            f"store ({wanted} samples x {row_bytes(model_config) / 1e6:.3f} MB), more than "
+            f"{CACHE_STORE_FRACTION:.0%} of the cluster's {store / 1e9:.2f} GB: stream it (data.cache: false)"
+        )
+    return need
+
+
 def build_cached_epochs(
     cfg: DataConfig, model_config: ModelConfig, tokenizer_dir: str | None
 ) -> ray.data.Dataset:
-    """Like :func:`build_dataset`, but the split is decoded and preprocessed once (``materialize``).
+    """The split decoded and preprocessed once (``materialize``), every sample of a wanted task.
 
-    The returned dataset is one epoch; iterate it once per epoch. Each iteration is a pass over
-    the rows held in the object store, in a new block order, thinned by the task-mixing draw of
-    that iteration (:func:`pipelines.mixing.thin_batch`: the epoch is the dataset's execution
-    index), and its rows carry that epoch. Starting an iteration costs little here: nothing is
-    read or decoded again. The materialisation runs in the caller (the driver), before training.
+    Refuses (:func:`check_cache_fits`) a split that would not fit the object store. Iterate it
+    once per epoch and thin each epoch's rows with :func:`cached_batches`, which knows the epoch
+    from its caller's counter. The materialisation runs in the caller (the driver), before training.
     """
+    check_cache_fits(cfg, model_config)
     _, keep = _keep_probs(cfg, read_manifest(cfg.uri))
     wanted = None if keep is None else {t: 1.0 for t, p in keep.items() if p > 0}
     skip_counter()
     rows = (
-        read_samples(cfg.uri)
+        read_samples(cfg.uri, mix_shards=cfg.mix_shards)
         .map_batches(
             preprocess_batch,
             fn_kwargs={"model_config": model_config, "tokenizer_dir": tokenizer_dir, "keep_probs": wanted},
@@ -429,17 +701,36 @@ def build_cached_epochs(
             compute=ray.data.TaskPoolStrategy(size=cfg.preprocess_tasks),
             num_cpus=cfg.preprocess_cpus,
         )
+        .drop_columns(["group", "index"])
         .materialize()
     )
-    # materialize() ran this context's first execution: epochs count from the next one
-    first = int(getattr(rows.context, "_execution_idx", 0))
-    return rows.randomize_block_order().map_batches(
-        thin_batch,
-        fn_kwargs={"keep_probs": keep, "seed": cfg.seed, "epoch": None, "first_execution": first},
-        batch_size=None,
-        num_cpus=0.25,
-        compute=ray.data.TaskPoolStrategy(size=1),
-    )
+    return rows.randomize_block_order()
+
+
+def cached_batches(
+    batches: Iterator[dict[str, np.ndarray]],
+    *,
+    keep: Mapping[str, float] | None,
+    seed: int,
+    epoch: int,
+    batch_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches of the cached split -> epoch ``epoch``'s task-mixing draw, re-cut to
+    ``batch_size`` rows (the last partial batch dropped). ``epoch`` is the caller's own count."""
+    pending: list[dict[str, np.ndarray]] = []
+    have = 0
+    for batch in batches:
+        kept = thin_batch(batch, keep_probs=keep, seed=seed, epoch=epoch)
+        if not len(kept["__key__"]):
+            continue
+        pending.append(kept)
+        have += len(kept["__key__"])
+        while have >= batch_size:
+            whole = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            yield {k: v[:batch_size] for k, v in whole.items()}
+            rest = {k: v[batch_size:] for k, v in whole.items()}
+            have -= batch_size
+            pending = [rest] if have else []
 
 
 def samples_per_epoch(cfg: DataConfig) -> float:
@@ -458,19 +749,32 @@ def build_dataset(
     shuffle: bool = True,
     with_answer: bool = True,
     keep_meta: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    position: Mapping[str, int] | None = None,
 ) -> ray.data.Dataset:
-    """The preprocessed stream of one split, ready for ``iter_torch_batches(collate_fn=MeerkatCollate(...))``.
+    """The preprocessed stream of ``rank``'s share of one split (lean rows, see :func:`lean_media`),
+    for ``iter_torch_batches(collate_fn=MeerkatCollate(...))``.
 
-    ``epochs`` passes over the split in one stream (each row says its ``epoch``), starting at
-    ``start_epoch``: the shard order and the task-mixing draw of an epoch depend only on the seed
-    and the epoch, so a stream started at epoch 3 continues one started at 0.
+    ``epochs`` passes in one stream (each row says its ``epoch``, ``group`` and ``index``),
+    starting at ``start_epoch`` or at ``position`` (:func:`stream_position` of the last batch
+    trained on): the shard order, the read groups and the task-mixing draw of an epoch depend only
+    on the seed, the epoch, the rank and the world size, so a stream started there continues the
+    interrupted one exactly, reading at most one group it had already read.
     """
     _, keep = _keep_probs(cfg, read_manifest(cfg.uri))
     skip_counter()
     ds = read_samples(
-        cfg.uri, epochs=epochs, start_epoch=start_epoch, shuffle_seed=cfg.seed if shuffle else None
+        cfg.uri,
+        epochs=epochs,
+        start_epoch=start_epoch,
+        shuffle_seed=cfg.seed if shuffle else None,
+        rank=rank,
+        world=world,
+        mix_shards=cfg.mix_shards,
+        position=position,
     )
-    return ds.map_batches(
+    ds = ds.map_batches(
         preprocess_batch,
         fn_kwargs={
             "model_config": model_config,
@@ -484,3 +788,5 @@ def build_dataset(
         compute=ray.data.TaskPoolStrategy(size=cfg.preprocess_tasks),
         num_cpus=cfg.preprocess_cpus,
     )
+    ds.context.execution_options.preserve_order = True
+    return ds

@@ -1,7 +1,7 @@
 """Task mixing: which samples of each task an epoch keeps (numpy and hashlib only).
 
-Kept apart from :mod:`pipelines.data` so that the Ray workers running :func:`thin_batch` over
-cached rows import neither torch nor transformers (a worker process that does pays seconds).
+Kept apart from :mod:`pipelines.data` (numpy and hashlib only): the window-mix measure
+(:func:`window_tvd`) and the draw (:func:`thin_batch`) run without torch or Ray.
 """
 
 from __future__ import annotations
@@ -30,32 +30,17 @@ def unit_hash(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def execution_index() -> int:
-    """How many times the running Ray Data dataset was iterated before this iteration (0 outside one).
-
-    Ray Data counts the executions of a dataset in its context (``_execution_idx``, what
-    ``FileShuffleConfig`` reseeds with) and sends that context along with every task.
-    """
-    from ray.data.context import DataContext
-
-    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
-
-
 def thin_batch(
     batch: dict[str, np.ndarray],
     *,
     keep_probs: Mapping[str, float] | None,
     seed: int,
-    epoch: int | None,
-    first_execution: int = 0,
+    epoch: int,
 ) -> dict[str, np.ndarray]:
-    """``map_batches`` stage over model rows: the epoch's task-mixing draw; rows get an ``epoch`` column.
+    """Model rows -> the epoch's task-mixing draw of them; rows get an ``epoch`` column.
 
-    ``epoch=None``: the dataset's :func:`execution_index` minus ``first_execution``, for a dataset
-    iterated once per epoch.
+    The epoch is the caller's own count (the cached path counts its passes).
     """
-    if epoch is None:
-        epoch = execution_index() - first_execution
     n = len(batch["__key__"])
     keep = np.ones(n, dtype=bool)
     if keep_probs is not None:
@@ -65,3 +50,27 @@ def thin_batch(
     out = {name: values[keep] for name, values in batch.items()}
     out["epoch"] = np.full(int(keep.sum()), epoch, dtype=np.int64)
     return out
+
+
+def total_variation(counts: Mapping[str, int], target: Mapping[str, float]) -> float:
+    """Total-variation distance between the shares of ``counts`` and the distribution ``target``."""
+    n, z = sum(counts.values()), sum(target.values())
+    keys = set(counts) | set(target)
+    return 0.5 * sum(abs(counts.get(k, 0) / n - target.get(k, 0.0) / z) for k in keys)
+
+
+def window_tvd(labels: list[str], target: Mapping[str, float], window: int = 256) -> float:
+    """The worst total-variation distance from ``target`` over every ``window`` consecutive labels
+    (the whole sequence when it is shorter)."""
+    if not labels:
+        raise ValueError("no labels to measure")
+    window = min(window, len(labels))
+    counts: dict[str, int] = {}
+    for label in labels[:window]:
+        counts[label] = counts.get(label, 0) + 1
+    worst = total_variation(counts, target)
+    for i in range(window, len(labels)):
+        counts[labels[i]] = counts.get(labels[i], 0) + 1
+        counts[labels[i - window]] -= 1
+        worst = max(worst, total_variation(counts, target))
+    return worst

@@ -302,41 +302,97 @@ def _maybe_fail(cfg: TrainJobConfig, rank: int, state: dict[str, Any]) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _resume_position(state: dict[str, Any], rank: int, world: int) -> dict[str, int] | None:
+    """Where this rank's stream resumes: the checkpoint's position of this rank (``streams``).
+
+    Positions are per rank of the world size that wrote them; on another world size the shards
+    fall to other ranks, so the run restarts the earliest epoch any rank was in (logged: samples
+    of that epoch are seen again).
+    """
+    streams = state.get("streams")
+    if not streams:
+        return None
+    if streams["world"] == world:
+        return streams["ranks"][rank]
+    epoch = min(p["epoch"] for p in streams["ranks"])
+    logger.warning(
+        "resuming on %d workers from a checkpoint of %d: epoch %d starts again",
+        world,
+        streams["world"],
+        epoch,
+    )
+    return {"epoch": epoch, "group": 0, "index": 0}
+
+
+def _stream_positions(state: dict[str, Any]) -> dict[str, Any]:
+    """Collective: every rank's stream position (what it last trained on), for the checkpoint."""
+    world = torch.distributed.get_world_size()
+    ranks: list[Any] = [None] * world
+    torch.distributed.all_gather_object(ranks, state["stream"])
+    return {"world": world, "ranks": ranks}
+
+
 def _batches(cfg: TrainJobConfig, loop_config: dict[str, Any], collate, rank: int, state: dict[str, Any]):
     """The worker's batches from the resume point on, each with its epoch and index in the epoch.
 
-    The shard is either one stream of several epochs (``pipelines.data.build_dataset(epochs=N)``)
-    or, with ``data.cache``, one epoch per iteration (``build_cached_epochs``); rows carry their
-    epoch either way. A resumed worker skips what the checkpoint's data position says it trained
-    on: earlier epochs, then ``batch_in_epoch`` batches of the checkpoint's epoch.
+    Streaming (the default): each rank reads its own share of every epoch
+    (``pipelines.data.build_dataset(rank=, world=)``: seeded shard order, fixed per-rank read
+    groups, order preserved), so where it is fits in a few numbers (``pipelines.data.stream_position``)
+    that the checkpoint keeps for every rank (``streams``); a resumed rank starts its stream
+    there, reading at most one group it had read before and training on no sample twice. With
+    ``data.cache``, the cached split (``build_cached_epochs``) through Ray Train's split, one
+    iteration per epoch counted here, thinned per epoch (``cached_batches``); a resumed worker
+    skips ``batch_in_epoch`` batches of the checkpoint's epoch. Batches leave the collate on the
+    trainer's device, media already normalised to float32.
     """
+    import ray.data
     import ray.train
+    import ray.train.torch
 
-    shard = ray.train.get_dataset_shard("train")
-    resume_at = (state["epoch"], state["batch_in_epoch"])
-    passes = 0
-    while True:
-        if passes and loop_config["epochs_per_pass"]:
-            logger.warning(
-                "the stream ended before max_steps (more samples were dropped than expected); reading it again"
+    from pipelines import data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    world = ray.train.get_context().get_world_size()
+    collate = data.MeerkatCollate(collate.pad_id, collate.side, device=ray.train.torch.get_device())
+    current, in_epoch = state["epoch"], state["batch_in_epoch"]
+    if cfg.data.cache:
+        shard, keep, epoch = ray.train.get_dataset_shard("train"), data.keep_probs(cfg.data), state["epoch"]
+        while True:
+            rows = shard.iter_batches(
+                batch_size=cfg.optim.batch_size,
+                local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                local_shuffle_seed=cfg.seed * 1000 + epoch * 10 + rank,
             )
-        epoch_offset = passes * loop_config["epochs_per_pass"]
-        batches = shard.iter_torch_batches(
-            batch_size=cfg.optim.batch_size,
-            collate_fn=collate,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            local_shuffle_seed=cfg.seed * 1000 + passes * 10 + rank,
-            drop_last=True,
-        )
-        passes += 1
-        current, in_epoch = -1, 0
-        for batch in batches:
-            epoch = epoch_offset + max(batch.pop("epoch", [0]))
-            if epoch != current:
-                current, in_epoch = epoch, 0
+            thinned = data.cached_batches(
+                rows, keep=keep, seed=cfg.data.seed, epoch=epoch, batch_size=cfg.optim.batch_size
+            )
+            for i, batch in enumerate(thinned, start=1):
+                if epoch == state["epoch"] and i <= state["batch_in_epoch"]:
+                    continue
+                yield epoch, i, collate(batch)
+            epoch += 1
+    model_cfg = from_dict(ModelConfig, loop_config["model"])
+    tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
+    position = _resume_position(state, rank, world)
+    while True:
+        ds = data.build_dataset(
+            cfg.data, model_cfg, tokenizer_dir, epochs=loop_config["epochs_per_pass"], rank=rank, world=world,
+            position=position,
+        )  # fmt: skip
+        for batch in ds.iter_torch_batches(
+            batch_size=cfg.optim.batch_size, collate_fn=collate, drop_last=True
+        ):
+            position = state["stream"] = data.stream_position(batch)
+            for name in data.POSITION_COLUMNS:
+                batch.pop(name)
+            if position["epoch"] != current:
+                current, in_epoch = position["epoch"], 0
             in_epoch += 1
-            if (epoch, in_epoch) > resume_at:
-                yield epoch, in_epoch, batch
+            yield current, in_epoch, batch
+        logger.warning(
+            "rank %d: the stream ended before max_steps; reading on from epoch %d", rank, current + 1
+        )
+        position = {"epoch": current + 1, "group": 0, "index": 0}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -415,6 +471,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
             window = _Window()
         if step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps:
+            if not cfg.data.cache:
+                state["streams"] = _stream_positions(state)  # every rank's data position
             _save(model, opt, sched, state, step)
     if rank == 0:
         mlflow.end_run()
@@ -478,7 +536,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     from meerkat_core import checkpoint
     from pipelines import registry, storage
     from pipelines.config import flatten, resolve_model
-    from pipelines.data import build_cached_epochs, build_dataset, samples_per_epoch, skip_counts
+    from pipelines.data import build_cached_epochs, check_shards, samples_per_epoch, skip_counter, skip_counts
 
     model_cfg = resolve_model(cfg.model)
     resolved = {"job": to_dict(cfg), "model": to_dict(model_cfg)}
@@ -492,15 +550,17 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
     # Per-operator progress bars turn into thousands of lines in a job's log; the loop logs its own.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    skip_counter()  # the driver owns the job's skip counter; every stage reports to it
+    datasets = {}
     if cfg.data.cache:
         t0 = time.perf_counter()
-        dataset = build_cached_epochs(cfg.data, model_cfg, tokenizer_dir)
-        epochs_per_pass = 0  # one epoch per iteration, each row tagged with it
+        datasets["train"] = build_cached_epochs(cfg.data, model_cfg, tokenizer_dir)
+        epochs_per_pass = 0  # one epoch per iteration, counted by the loop
         logger.info("split preprocessed once and cached in %.0f s", time.perf_counter() - t0)
-    else:
+    else:  # each worker streams its own share (_batches): resumable exactly, nothing split at run time
+        check_shards(cfg.data.uri)
         epochs_per_pass = epochs_needed(cfg, samples_per_epoch(cfg.data))
         logger.info("training stream: %d epochs of %s", epochs_per_pass, cfg.data.uri)
-        dataset = build_dataset(cfg.data, model_cfg, tokenizer_dir, epochs=epochs_per_pass)
     fs, path = storage.pyarrow_fs(cfg.storage_uri)
     if not cfg.storage_uri.startswith("s3://"):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -530,7 +590,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
-        datasets={"train": dataset},
+        datasets=datasets,
     )
     result = trainer.fit()
     if result.checkpoint is None:

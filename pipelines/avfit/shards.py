@@ -60,9 +60,10 @@ _HEADER_ENCODING = ("utf-8", "surrogateescape")
 _LOGGED_SKIPS_PER_REASON = 5
 
 
-class ShardInfo(TypedDict):
+class ShardInfo(TypedDict, total=False):
     name: str  # file name, relative to the manifest's directory
     count: int  # samples
+    sources: dict[str, int]  # samples per source (readers spread the sources' shards evenly)
     bytes: int  # file size
     sha256: str  # hex digest of the whole file
 
@@ -140,6 +141,7 @@ class ShardWriter:
         if shard is None:
             shard = self._open = _OpenShard(storage.join_uri(self.out_uri, self._shard_name()))
         shard.add(members)
+        shard.sources[str(sample["json"]["source"])] += 1
         self._seen_keys.add(key)
         for field in COUNTED_FIELDS:
             self._counts[field][str(sample["json"][field])] += 1
@@ -236,6 +238,7 @@ class _OpenShard:
         self._file = open(self._staged.path, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=_TAR_FORMAT)
         self.count = 0
+        self.sources: Counter[str] = Counter()
 
     @property
     def offset(self) -> int:
@@ -252,7 +255,13 @@ class _OpenShard:
         size = self._staged.path.stat().st_size
         digest = _sha256(self._staged.path)
         self._staged.publish()
-        return {"name": name, "count": self.count, "bytes": size, "sha256": digest}
+        return {
+            "name": name,
+            "count": self.count,
+            "bytes": size,
+            "sha256": digest,
+            "sources": dict(sorted(self.sources.items())),
+        }
 
     def discard(self) -> None:
         self._file.close()
@@ -275,6 +284,15 @@ def shard_uris(uri: str) -> list[str]:
     manifest itself (which ``ray.data.read_webdataset`` on the bare directory would try to read).
     """
     return [storage.join_uri(uri, shard["name"]) for shard in read_manifest(uri)["shards"]]
+
+
+def shard_source(shard: ShardInfo) -> str:
+    """The source most of a shard's samples come from (older manifests: the shard name's prefix,
+    which the build job sets to the source's name)."""
+    sources = shard.get("sources")
+    if sources:
+        return max(sorted(sources), key=lambda s: sources[s])
+    return shard["name"].rsplit("-", 1)[0]
 
 
 def merge_manifests(

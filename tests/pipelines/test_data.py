@@ -167,21 +167,30 @@ def _by_epoch(rows) -> dict[int, set[str]]:
 
 
 def test_cached_epochs_draw_what_the_stream_draws(ray_local, s3_uri):
-    """The cached split, iterated once per epoch, keeps each epoch what the streaming path keeps."""
+    """The cached split, thinned per epoch by the caller's own count, keeps what the stream keeps."""
     samples = _world(5, seed=3)
     _write_split(s3_uri, samples)
     cfg = data.DataConfig(uri=s3_uri, task_weights={"arig": 1.0, "avfact": 1.0}, cache=True)
     ds = data.build_cached_epochs(cfg, TINY, None)
-    passes = [_by_epoch(ds.iter_rows()) for _ in range(2)]
-    # as training reads it: through streaming_split, one iteration per epoch
-    (split,) = ds.streaming_split(1)
-    passes.append(_by_epoch(split.iter_rows()))
-    assert [sorted(p) for p in passes[:2]] == [[0], [1]] and len(passes[2]) == 1
-    cached = {e: keys for p in passes[:2] for e, keys in p.items()}
+    keep = data.keep_probs(cfg)
+    cached = {}
+    for epoch in range(2):
+        batches = data.cached_batches(ds.iter_batches(batch_size=3), keep=keep, seed=0, epoch=epoch, batch_size=1)
+        cached[epoch] = {str(b["__key__"][0]) for b in batches}
     assert cached == _by_epoch(data.build_dataset(cfg, TINY, None, epochs=2).iter_rows())
     assert cached[0] != cached[1]
     tasks = {s["__key__"]: s["json"]["task"] for s in samples}
     assert {tasks[k] for keys in cached.values() for k in keys} == {"arig", "avfact"}
+
+
+def test_cache_refuses_a_split_larger_than_the_object_store(ray_local, s3_uri, monkeypatch):
+    _write_split(s3_uri, _world(2))
+    cfg = data.DataConfig(uri=s3_uri, cache=True)
+    need = data.check_cache_fits(cfg, TINY)  # fits the test's object store
+    assert need == shards.read_manifest(s3_uri)["total"] * data.row_bytes(TINY)
+    monkeypatch.setattr(data.ray, "cluster_resources", lambda: {"object_store_memory": need})
+    with pytest.raises(ValueError, match=r"data.cache: .* more than 80% of the cluster's .*stream it"):
+        data.build_cached_epochs(cfg, TINY, None)
 
 
 def test_faults_are_skipped_and_counted(ray_local, s3_uri):
