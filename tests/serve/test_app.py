@@ -235,3 +235,24 @@ def test_model_overload_is_503_at_once_and_a_failed_sample_its_own_500(outcome, 
     assert completion.text == "[0.1, 0.2, 0.3, 0.4]"
     with pytest.raises(APIError, match="not valid Unicode"):
         asyncio.run(ok._run("why \ud800", None, Sampling(4)))
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"], ids=["no-token", "token"])
+def test_the_ingress_warns_at_start_when_no_token_is_set(monkeypatch, caplog, token):
+    import logging
+    import types
+
+    from meerkat_core.config import PRESETS
+    from meerkat_core.tokenizer import load_tokenizer
+
+    monkeypatch.delenv(auth.TOKEN_ENV, raising=False)
+    info = serve_app.ModelInfo("m/1", PRESETS["tiny"], load_tokenizer(None))
+    handle = types.SimpleNamespace(describe=types.SimpleNamespace(remote=lambda: _Response(info)))
+    user_class = serve_app.MeerkatAPI.func_or_class.__mro__[1]  # the class as written, under Serve's wrapper
+    ingress = object.__new__(user_class)
+    settings = serve_app.AppArgs(model="m", api_token_sha256=auth.token_digest(token) if token else None)
+    with caplog.at_level(logging.WARNING, logger="serve.app"):
+        asyncio.run(user_class.__init__(ingress, handle, settings))
+    warned = [r for r in caplog.records if "no API token" in r.getMessage()]
+    assert bool(warned) is (token is None) and ingress.name == "m/1"
+    ingress.pool.shutdown()
