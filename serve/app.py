@@ -13,7 +13,8 @@ Two deployments, one per resource profile, composed by the application builder :
 
 Endpoints: ``POST /v1/{ground,localize,factcheck,answer,caption}`` (JSON or multipart),
 ``POST /v1/chat/completions`` (OpenAI-compatible), ``GET /v1/models``, ``GET /healthz``, the
-OpenAPI page at ``/docs`` and a demo page at ``/``. See :mod:`serve.schemas` for the bodies.
+OpenAPI page at ``/docs`` (and ``/openapi.json``), a demo page at ``/`` and its example scenes at
+``/examples`` (:mod:`serve.examples`). See :mod:`serve.schemas` for the bodies.
 
 Run it::
 
