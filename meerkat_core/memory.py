@@ -48,10 +48,12 @@ hidden, I: MLP width, r: LoRA rank, a: heads), :func:`layer_activation_bytes`;
 ``tests/core/test_memory.py`` measures what autograd saves for one Llama layer through peft and
 checks this count. On top of the layers:
 
-* the final norm's fp32 input (4h per token) and the logits, computed only for the ``answer_tokens``
-  last positions of each sample (``MeerkatModel.forward`` passes ``logits_to_keep``): bf16 logits,
-  the fp32 log-softmax and its gradients, 16 bytes per position and vocabulary row (an upper
-  bound: only the answer tokens themselves go through the log-softmax);
+* the final norm's fp32 input (4h per token) and the logits, for ``answer_tokens`` positions per
+  sample: bf16 logits, the fp32 log-softmax and its gradients, 16 bytes per position and vocabulary
+  row. ``MeerkatModel.forward`` keeps logits from the batch's earliest answer start on
+  (``logits_to_keep``), so the positions kept are the longest answer plus the prompt-length
+  spread of the batch: ``answer_tokens`` is an assumption about the data (short answers, prompts
+  of similar length), not a bound; a batch mixing long captions with short prompts keeps more;
 * AVACE and the two projections: every fp32 tensor they keep, per sample
   ``4 × (2(M·D_I + N·D_A) + 14(M + N)·d + 3·heads·M·N)`` (M image patches, N audio tokens);
 * the backward's transient: the gradients of one layer's activations, as large as that layer's
@@ -92,7 +94,7 @@ CONTEXT_BYTES = int(1.5 * GiB)
 FRAGMENTATION = 0.10
 """The caching allocator's fragmentation, as a fraction of the allocated total: a stated allowance."""
 ANSWER_TOKENS = 128
-"""Positions per sample that get logits (the answer, plus the padding after it in the batch)."""
+"""Positions per sample assumed to get logits (see the module docstring: an assumption, not a bound)."""
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 _MB_SEARCH_LIMIT = 4096

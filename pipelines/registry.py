@@ -27,7 +27,7 @@ virtualenv built from the model's own ``requirements.txt``. Decisions:
   driver; :func:`log_and_register` turns that check off (the fresh-virtualenv test of
   ``tests/pipelines/test_registry.py`` does it for real).
 
-This module is the only bridge between ``serve`` and ``pipelines`` (DESIGN.md).
+This module is the only bridge between ``serve`` and ``pipelines``.
 """
 
 from __future__ import annotations
@@ -50,13 +50,18 @@ from packaging.version import Version
 import meerkat_core
 from meerkat_core import checkpoint
 from meerkat_core.model import MeerkatModel, load_model
-from pipelines import pyfunc_model, storage
+from pipelines import storage
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
 MODEL_FILES = (checkpoint.CONFIG_FILE, checkpoint.TRAINABLE_FILE)
+# The models-from-code file, by path: importing it would run its ``mlflow.models.set_model`` in
+# every process that merely loads models (evaluation actors, Serve replicas).
+PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+PYFUNC_ARTIFACT = "meerkat"
+"""Name of the model directory among the logged model's artifacts (``pyfunc_model.ARTIFACT``)."""
 TOKENIZER_DIR = checkpoint.TOKENIZER_DIR
 CORE_REQUIREMENTS = (
     "torch",
@@ -201,8 +206,8 @@ def log_and_register(
             name=artifact_path,
             flavor=_PyfuncWithoutExampleCheck,
             flavor_name="mlflow.pyfunc",
-            python_model=str(Path(pyfunc_model.__file__)),
-            artifacts={pyfunc_model.ARTIFACT: str(model_dir)},
+            python_model=str(PYFUNC_MODEL_FILE),
+            artifacts={PYFUNC_ARTIFACT: str(model_dir)},
             code_paths=[str(code)],
             pip_requirements=pip_requirements(),
             signature=signature(),

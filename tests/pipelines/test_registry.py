@@ -73,6 +73,13 @@ def test_model_dir_holds_only_config_weights_and_tokenizer(model_dir: Path, tmp_
         registry.check_model_dir(copied)
 
 
+def test_the_models_from_code_file_is_the_one_registry_logs():
+    from pipelines import pyfunc_model
+
+    assert registry.PYFUNC_MODEL_FILE == Path(pyfunc_model.__file__)
+    assert registry.PYFUNC_ARTIFACT == pyfunc_model.ARTIFACT
+
+
 def test_requirements_are_pinned_and_name_no_unpublished_package():
     import importlib.metadata
 
@@ -145,6 +152,7 @@ def test_registered_model_loads_in_a_fresh_virtualenv(
         env=env,
         capture_output=True,
         text=True,
+        timeout=900,  # a registry that does not answer fails the test instead of hanging CI
     )
     assert install.returncode == 0, install.stderr[-3000:]
     installed = time.monotonic()
