@@ -710,6 +710,42 @@ def test_openimages_audioset_facts_cover_both_types_and_verdicts_over_seeds(tmp_
     assert seen == {(1, True), (1, False), (4, True), (4, False)}
 
 
+def test_openimages_audioset_not_visible_clips_sound_like_nothing_the_image_shows(tmp_path):
+    """A False "is the sound source visible?" never takes a clip of another class the image shows:
+    the dog image also shows a man (male speech), and the guitar image gets a crowd (group-only
+    Person, any voice). A False type 1 names the boxed object, so only its own class is left out."""
+    root = _openimages_audioset(tmp_path)
+    crowd = ",0,0,1,0,0" + ",0" * 8  # IsGroupOf=1
+    with open(root / "openimages" / "oidv6-train-annotations-bbox.csv", "a", encoding="utf-8") as stream:
+        stream.write("00b7c2d9a4e6f013,xclick,/m/01g317,1,0.000000,0.300000,0.000000,0.400000" + crowd + "\n")
+    table = {c.name: c for c in load_pairing_table()}
+    shown = {
+        "openimages_audioset-00a3f1c5e9b2d471-dog-avfact": ("Dog", "Man"),
+        "openimages_audioset-00b7c2d9a4e6f013-guitar-avfact": ("Guitar", "Person"),
+    }
+    labels = {  # the fixture's clips with audio
+        "--aE2O5G5WE_0": {"/m/03fwl", "/m/04rlf", "/m/09x0r"},
+        "-0SdAVK79lg_30000": {"/m/05zppz", "/m/09x0r"},
+        "-1LrH01Ei1w_100000": {"/m/0bt9lr", "/m/05tny_"},
+        "-5QrBL6MzLg_170000": {"/m/0342h", "/m/042v_gx", "/m/04rlf"},
+    }
+    not_visible = Counter()
+    for seed in range(40):
+        samples, _ = _run("openimages_audioset", root, "train", seed=seed)
+        for key, names in shown.items():
+            fact = _by_key(samples)[key]["json"]
+            if fact["label"]:
+                continue
+            heard = labels[fact["audio_id"]]
+            own = table[names[0]].audioset_mids
+            if fact["fact_type"] == 4:
+                not_visible[key] += 1
+                assert not heard & own.union(*(table[n].audioset_mids for n in names)), (seed, key, heard)
+            else:
+                assert not heard & own, (seed, key, heard)
+    assert set(not_visible) == set(shown)  # both images got False type-4 statements
+
+
 def test_openimages_audioset_val_reads_the_validation_layout(tmp_path):
     samples, _ = _run("openimages_audioset", _openimages_audioset(tmp_path), "val")
     arig = _by_key(samples)["openimages_audioset-0001eeaf4aed83f9-airplane-arig"]["json"]

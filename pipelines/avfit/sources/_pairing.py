@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +76,16 @@ class BoxedImage:
     """An image and the normalised boxes of one class in it.
 
     ``boxes`` are all of them (the ground truth's extent); ``single`` those not flagged
-    ``IsGroupOf``, one object each, which an answer or a statement may name.
+    ``IsGroupOf``, one object each, which an answer or a statement may name. ``shown`` holds the MIDs
+    of every class read whose objects the image shows (this one included, groups included,
+    depictions not): a clip of any of them has a visible source in this image.
     """
 
     image_id: str
     path: Path
     boxes: tuple[Box, ...]
     single: tuple[Box, ...]
+    shown: frozenset[str]
 
     @property
     def answer_box(self) -> Box:
@@ -115,13 +118,18 @@ def load_pairing_table(path: Path = PAIRING_TABLE) -> tuple[PairClass, ...]:
 def read_openimages(
     root: Path, split: str, classes: Sequence[PairClass], stats: Counter
 ) -> dict[str, list[BoxedImage]]:
-    """Class MID -> images (sorted by id) holding boxes of that class whose image file exists."""
+    """Class MID -> images (sorted by id) holding boxes of that class whose image file exists.
+
+    ``BoxedImage.shown`` lists the classes of ``classes`` an image shows: a row names its class as
+    present even when its box is garbage, so such rows count there too; depictions do not.
+    """
     base = root / "openimages"
     path = next((base / name for name in _OPENIMAGES_FILES[split] if (base / name).is_file()), None)
     if path is None:
         raise FileNotFoundError(f"none of {_OPENIMAGES_FILES[split]} under {base}")
     wanted = {c.mid for c in classes}
     boxes: dict[tuple[str, str], list[tuple[Box, bool]]] = defaultdict(list)  # (box, is group)
+    shown: dict[str, set[str]] = defaultdict(set)  # image id -> class MIDs
     with open(path, newline="", encoding="utf-8") as stream:
         for row in csv.DictReader(stream):
             if row["LabelName"] not in wanted:
@@ -129,6 +137,7 @@ def read_openimages(
             if row["IsDepiction"] == "1":
                 stats["depiction"] += 1
                 continue
+            shown[row["ImageID"]].add(row["LabelName"])
             box = clean_box((row["XMin"], row["YMin"], row["XMax"], row["YMax"]), stats)
             if box is not None:
                 boxes[(row["ImageID"], row["LabelName"])].append((box, row["IsGroupOf"] == "1"))
@@ -146,7 +155,8 @@ def read_openimages(
             stats["missing_media"] += not present[image_id]
         if present[image_id]:
             path_ = image_dir / f"{image_id}.jpg"
-            pools[mid].append(BoxedImage(image_id, path_, tuple(box for box, _ in found), single))
+            all_boxes = tuple(box for box, _ in found)
+            pools[mid].append(BoxedImage(image_id, path_, all_boxes, single, frozenset(shown[image_id])))
     return pools
 
 
@@ -235,10 +245,17 @@ class AudioPools:
         return rng.choice(self._pools[c.mid])
 
     def draw_other(
-        self, c: PairClass, rng: random.Random, wanted: frozenset[str], *, tries: int = 10
+        self,
+        c: PairClass,
+        rng: random.Random,
+        wanted: frozenset[str],
+        *,
+        skip: Collection[str] = (),
+        tries: int = 10,
     ) -> str | None:
-        """A clip of another class that carries none of ``wanted``, or None after ``tries`` misses."""
-        others = [o for o in self._classes if o.mid != c.mid]
+        """A clip of a class other than ``c`` and those in ``skip`` (MIDs) that carries none of
+        ``wanted``, or None after ``tries`` misses."""
+        others = [o for o in self._classes if o.mid != c.mid and o.mid not in skip]
         for _ in range(tries if others else 0):
             clip = self.draw(rng.choice(others), rng)
             if not self.labels[clip] & wanted:

@@ -12,9 +12,12 @@ together), a clip carrying one of the class's AudioSet labels is drawn, and two 
   the ground truth, see ``_pairing``);
 - ``avfact`` of type 1 (``Does the object in {box} make the sound?``, the largest box) or type 4
   (``Is the sound source visible?``), drawn at random, with a True or False verdict drawn at random.
-  A False statement swaps in a clip of another class that carries none of this class's labels and is
-  marked ``paired: false`` so that the OT loss skips it; when no such clip is found the statement is
-  made True and counted under ``no_negative``.
+  A False statement swaps in a clip of another class and is marked ``paired: false`` so that the OT
+  loss skips it; when no such clip is found the statement is made True and counted under
+  ``no_negative``. For type 1 the clip carries none of this class's labels (the boxed object does not
+  make it, even if another object in the image does). For type 4 it carries none of the labels of any
+  table class the image shows (``BoxedImage.shown``, groups included): a Dog image that also shows a
+  man cannot take male speech as "not visible".
 
 This one-fact-per-grounding ratio follows Table 2 (1.07M ARIG, 1.18M fact-check pairs).
 """
@@ -51,6 +54,7 @@ def iter_samples(
     stats = Counter() if stats is None else stats
     writer = SampleWriter(NAME, split, stats)
     classes = [c for c in load_pairing_table() if c.audioset_mids]
+    by_mid = {c.mid: c for c in classes}
     segment_files = [root / "audioset" / name for name in _SEGMENT_FILES[split]]
     segment_files = [path for path in segment_files if path.is_file()]
     if not segment_files:
@@ -87,7 +91,13 @@ def iter_samples(
                 yield arig
             fact_type = rng.choice((1, 4))
             label = rng.random() < 0.5
-            fact_clip = clip if label else pools.draw_other(c, rng, c.audioset_mids)
+            if label:
+                fact_clip = clip
+            elif fact_type == 1:
+                fact_clip = pools.draw_other(c, rng, c.audioset_mids)
+            else:
+                heard = frozenset().union(*(by_mid[mid].audioset_mids for mid in item.shown))
+                fact_clip = pools.draw_other(c, rng, heard, skip=item.shown)
             if fact_clip is None:
                 stats["no_negative"] += 1
                 label, fact_clip = True, clip
