@@ -688,11 +688,19 @@ def test_openimages_group_boxes_stay_in_the_ground_truth_but_are_never_the_answe
     dog = _by_key(samples)["openimages_audioset-00a3f1c5e9b2d471-dog-arig"]["json"]
     assert dog["boxes"] == [[0.1, 0.2, 0.6, 0.9], [0.65, 0.3, 0.95, 0.7], [0.0, 0.1, 1.0, 1.0]]
     assert dog["answer"] == "[0.10, 0.20, 0.60, 0.90]"  # the largest single dog, not the pack
-    fact = _by_key(samples)["openimages_audioset-00a3f1c5e9b2d471-dog-avfact"]["json"]
-    if fact["fact_type"] == 1:
-        assert fact["boxes"] == [[0.1, 0.2, 0.6, 0.9]]
     assert not any("00f1a2b3c4d5e6f7" in s["__key__"] for s in samples)
     assert stats["group_only"] == 1
+    # A type-1 statement names the largest single dog too: find a seed that draws one.
+    type_one = []
+    for seed in range(20):
+        seeded, _ = _run("openimages_audioset", root, "train", seed=seed)
+        fact = _by_key(seeded)["openimages_audioset-00a3f1c5e9b2d471-dog-avfact"]["json"]
+        if fact["fact_type"] == 1:
+            type_one.append(fact)
+    assert type_one, "no seed drew a type-1 statement for the dog image"
+    for fact in type_one:
+        assert fact["boxes"] == [[0.1, 0.2, 0.6, 0.9]]
+        assert "[0.10, 0.20, 0.60, 0.90]" in fact["instruction"]
 
 
 def test_openimages_audioset_facts_cover_both_types_and_verdicts_over_seeds(tmp_path):
