@@ -308,10 +308,12 @@ def test_flickr_soundnet_normalises_256_pixel_boxes_and_takes_the_annotators_med
     assert second["boxes"] == [[0.0, 0.390625, 0.5, 1.0], [0.03125, 0.375, 0.53125, 0.984375]]
     assert second["answer"] == "[0.02, 0.38, 0.52, 0.99]"  # median of two = mean: 0.015625, 0.3828125, ...
     third = got["flickr_soundnet-10013411946-arig"]["json"]
-    assert third["boxes"] == [[0.0625, 0.0625, 0.9375, 0.9375]]  # xmax 300 > 256 is garbage
-    assert third["answer"] == "[0.06, 0.06, 0.94, 0.94]"
-    # 10007936344 has a zero-width box, 10013411946 an out-of-frame one; 10008553263 has no XML.
-    assert stats == Counter(bad_box=2, missing_annotation=1, missing_media=1)
+    # The second annotator's xmax 300 runs past the 256 frame: clipped to its edge, the vote kept.
+    assert third["boxes"] == [[0.0625, 0.0625, 0.9375, 0.9375], [0.0625, 0.0625, 1.0, 0.9375]]
+    assert third["annotator_boxes"] == [[[0.0625, 0.0625, 0.9375, 0.9375]], [[0.0625, 0.0625, 1.0, 0.9375]]]
+    assert third["answer"] == "[0.06, 0.06, 0.97, 0.94]"  # median of two = mean, x2 0.96875
+    # 10007936344 has a zero-width box; 10008553263 has no XML.
+    assert stats == Counter(bad_box=1, missing_annotation=1, missing_media=1)
 
 
 _QUADRANT_VOTES = """<annotation>
@@ -374,6 +376,38 @@ def test_flickr_soundnet_three_annotators_match_the_loaders_map(tmp_path):
     assert scores["mean_ciou"] == pytest.approx(expected, abs=1e-12)
     union = (pred * (votes > 0)).sum() / ((votes > 0).sum() + (pred * (votes == 0)).sum())
     assert abs(expected - union) > 1e-3  # the two ground truths differ on this case
+
+
+_OUT_OF_FRAME_VOTES = """<annotation>
+	<object><bbox><annotator>1</annotator><xmin>16</xmin><ymin>16</ymin><xmax>240</xmax><ymax>240</ymax></bbox></object>
+	<object><bbox><annotator>2</annotator><xmin>16</xmin><ymin>16</ymin><xmax>300</xmax><ymax>240</ymax></bbox></object>
+	<object><bbox><annotator>3</annotator><xmin>260</xmin><ymin>16</ymin><xmax>300</xmax><ymax>240</ymax></bbox></object>
+</annotation>
+"""
+
+
+def test_flickr_soundnet_clips_out_of_frame_votes_as_the_loaders_map_does(tmp_path):
+    """A box past the frame's edge keeps its vote, clipped (the loaders' slices stop at the edge); one
+    wholly outside the frame has no area and is dropped."""
+    from pipelines import evaluate
+
+    root = _flickr(tmp_path)
+    (root / "Annotations" / "10013411946.xml").write_text(_OUT_OF_FRAME_VOTES)
+    samples, stats = _run("flickr_soundnet", root, "test")
+    meta = _by_key(samples)["flickr_soundnet-10013411946-arig"]["json"]
+    assert meta["annotator_boxes"] == [[[0.0625, 0.0625, 0.9375, 0.9375]], [[0.0625, 0.0625, 1.0, 0.9375]]]
+    assert stats["bad_box"] == 2  # the third vote here, the zero-width box of 10007936344
+    votes = np.zeros((224, 224))
+    for xmin, ymin, xmax, ymax in ((16, 16, 240, 240), (16, 16, 300, 240), (260, 16, 300, 240)):
+        x1, y1, x2, y2 = (int(224 * v / 256) for v in (xmin, ymin, xmax, ymax))
+        votes[y1:y2, x1:x2] += 1  # numpy stops the slices at 224
+    gt = np.clip(votes / 2, 0, 1)
+    pred = np.zeros((224, 224))
+    pred[int(0.1 * 224) : int(0.9 * 224), int(0.5 * 224) :] = 1  # [0.5, 0.1, 1.0, 0.9]
+    expected = (pred * gt).sum() / (gt.sum() + (pred * (gt == 0)).sum())
+    row = {"prediction": "[0.50, 0.10, 1.00, 0.90]", "meta": meta}
+    scores = evaluate.score([row])["arig"]["flickr_soundnet"]["model"]
+    assert scores["mean_ciou"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_flickr_soundnet_reads_the_acl_ssl_variant_labels(tmp_path):

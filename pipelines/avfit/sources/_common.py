@@ -8,7 +8,9 @@ Policies that every converter follows, decided here once:
 - Boxes: a coordinate that is not finite or lies more than ``BOX_TOLERANCE`` outside [0, 1] after
   normalising marks the box as garbage (VGG-SS holds ``-2.88e16`` sentinels); anything else is
   clipped to [0, 1]. A box whose clipped extent is zero on either axis is
-  degenerate. Garbage and degenerate boxes are dropped and counted under ``bad_box``.
+  degenerate. Garbage and degenerate boxes are dropped and counted under ``bad_box``. A source whose
+  every box is one annotator's vote (Flickr-SoundNet) passes an infinite ``tolerance``: any finite
+  box is clipped to the frame, as the benchmark's map does, and only a degenerate one is dropped.
 - Segments: seconds, clipped to the clip duration; a segment that is not finite, starts before 0 or
   is empty after clipping is dropped and counted under ``bad_segment``. Overlapping or touching
   segments of one event class are merged.
@@ -68,11 +70,17 @@ def sanitise_id(raw: str) -> str:
 
 
 def clean_box(
-    values: Sequence[Any], stats: Counter, *, width: float = 1.0, height: float = 1.0
+    values: Sequence[Any],
+    stats: Counter,
+    *,
+    width: float = 1.0,
+    height: float = 1.0,
+    tolerance: float = BOX_TOLERANCE,
 ) -> Box | None:
     """``[x1, y1, x2, y2]`` (pixels when ``width``/``height`` are given) -> normalised box, or None.
 
-    None (counted as ``bad_box``) for a garbage or degenerate box; see the module docstring.
+    None (counted as ``bad_box``) for a garbage or degenerate box: a coordinate further than
+    ``tolerance`` outside [0, 1] is garbage; see the module docstring.
     """
     try:
         x1, y1, x2, y2 = (float(v) for v in values)
@@ -80,7 +88,7 @@ def clean_box(
         stats["bad_box"] += 1
         return None
     box = [x1 / width, y1 / height, x2 / width, y2 / height]
-    if not all(math.isfinite(v) and -BOX_TOLERANCE <= v <= 1.0 + BOX_TOLERANCE for v in box):
+    if not all(math.isfinite(v) and -tolerance <= v <= 1.0 + tolerance for v in box):
         stats["bad_box"] += 1
         return None
     box = [min(1.0, max(0.0, v)) for v in box]

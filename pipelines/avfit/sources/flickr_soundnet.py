@@ -18,6 +18,11 @@ apart: ``annotator_boxes`` holds one list per ``bbox`` element (what ``pipelines
 against, through ``meerkat_core.metrics``), ``boxes`` their flat list (training masks, mean IoU). The
 answer is their per-coordinate median.
 
+A box reaching outside the 256-pixel frame is clipped to it, not dropped: the loaders paint it into
+the map with array slices, which stop at the frame's edge, so the vote still counts (dropping it would
+turn a two-vote region into a one-vote one). A box with no area inside the frame, or a coordinate
+that is not a finite number, is dropped and counted as ``bad_box``.
+
 ``flickr_test.csv`` exists in two variants under the same name: the ``hche11`` one (249 rows) has an
 undocumented integer second column that no loader reads; the ``ACL-SSL`` one (250 rows) has a class
 text (``child singing``), which is kept as ``label_text``. The 250-line ``test_list.txt``
@@ -26,6 +31,7 @@ text (``child singing``), which is kept as ``label_text``. The 250-line ``test_l
 
 from __future__ import annotations
 
+import math
 import statistics
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -50,14 +56,14 @@ FRAME_SIZE = 256  # pixels; the annotation frame, per the loaders' int(224 * v /
 
 
 def read_boxes(path: Path, stats: Counter) -> list[Box]:
-    """The normalised boxes of one annotation XML; bad ones are dropped and counted."""
+    """The normalised boxes of one annotation XML, clipped to the frame; bad ones are dropped and counted."""
     boxes = []
     for child in ET.parse(path).getroot():
         for node in child:
             if node.tag != "bbox":
                 continue
             values = [field.text for field in list(node)[1:5]]
-            box = clean_box(values, stats, width=FRAME_SIZE, height=FRAME_SIZE)
+            box = clean_box(values, stats, width=FRAME_SIZE, height=FRAME_SIZE, tolerance=math.inf)
             if box is not None:
                 boxes.append(box)
     return boxes
