@@ -656,6 +656,22 @@ def test_rayservice_serves_the_serve_app_on_its_gpus():
         assert gpus_asked >= 1, f"{owner}: the paper model should be served on a GPU"
 
 
+def test_serve_deployments_shed_overload_and_drain_admitted_requests():
+    """Every Serve config (serve/config.yaml and the RayService's): each deployment bounds its
+    queue (overload answers 503 at once) and drains longer than the ingress's request timeout."""
+    configs = [("serve/config.yaml", yaml.safe_load(SERVE_CONFIG.read_text()))]
+    configs += [
+        (f"RayService/{d['metadata']['name']}", yaml.safe_load(d["spec"]["serveConfigV2"]))
+        for d in _docs("RayService")
+    ]
+    for owner, config in configs:
+        for app in config["applications"]:
+            timeout = app["args"]["request_timeout_s"]
+            for dep in app["deployments"]:
+                assert dep.get("max_queued_requests", -1) > 0, (owner, dep["name"])
+                assert dep.get("graceful_shutdown_timeout_s", 0) >= timeout, (owner, dep["name"])
+
+
 def test_rayservice_serves_what_training_registers():
     jobs = [_load_job_config(d["spec"]["entrypoint"]) for d in _docs("RayJob")]
     registered = {cfg.mlflow.register_as for module, cfg in jobs if module == "pipelines.train"}
