@@ -7,7 +7,8 @@
 
 The generation budget (``--max-new-tokens``) defaults to 48 new tokens, or to what the longest
 captioning reference of the data takes in the model's tokenizer when that is more (a pass over the
-samples' metadata before generation), so that no reference caption is cut by the budget.
+``.json`` members of the splits whose manifest counts captions, before generation, with only the
+model's tokenizer fetched), so that no reference caption is cut by the budget.
 
 1. Ray Data streams the split's shards (:mod:`pipelines.data`) into a pool of model actors
    (:class:`Answerer`, one per GPU on a cluster, CPU here) that preprocess with the model's own
@@ -39,7 +40,8 @@ import json
 import logging
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -324,25 +326,119 @@ def caption_budget(references: Sequence[str], tokenizer: Any, floor: int = 48) -
     return max(floor, longest + 1)
 
 
+def fetch_tokenizer(model_ref: str, dst: str | Path) -> Path:
+    """The tokenizer directory of ``model_ref`` alone, copied under ``dst`` when it is remote.
+
+    A registered model or run (``models:/``, ``runs:/``, ``mlflow-artifacts:``) is a pyfunc model
+    whose ``MLmodel`` file names where its model directory lies (the ``meerkat`` artifact,
+    ``registry.PYFUNC_ARTIFACT``): that file and ``<directory>/tokenizer`` are downloaded, not the
+    weights. An S3 checkpoint: the objects below the model directory's ``tokenizer/`` only (the model
+    directory is the shallowest folder holding ``config.json`` and ``tokenizer/``). A local directory
+    is read in place.
+    """
+    from pipelines import registry, storage
+
+    dst = Path(dst)
+    if model_ref.startswith(("models:/", "runs:/", "mlflow-artifacts:")):
+        import mlflow
+        import yaml
+
+        base = model_ref.rstrip("/")
+        mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=str(dst))
+        spec = yaml.safe_load(Path(mlmodel).read_text(encoding="utf-8")) or {}
+        try:
+            sub = spec["flavors"]["python_function"]["artifacts"][registry.PYFUNC_ARTIFACT]["path"]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"{model_ref} is not a Meerkat pyfunc model: its MLmodel has no "
+                f"python_function artifact {registry.PYFUNC_ARTIFACT!r}"
+            ) from None
+        uri = f"{base}/{sub.strip('/')}/{registry.TOKENIZER_DIR}"
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst / "tokenizer_dl")))
+    if model_ref.startswith("s3://"):
+        root = model_ref.rstrip("/")
+        keys = [uri[len(root) + 1 :] for uri in storage.list_prefix(root)]
+        homes = set()  # folders (relative, "" or ending in "/") holding tokenizer/ and config.json
+        for key in keys:
+            parts = key.split("/")
+            for i, part in enumerate(parts[:-1]):
+                home = "".join(f"{p}/" for p in parts[:i])
+                if part == registry.TOKENIZER_DIR and f"{home}config.json" in keys:
+                    homes.add(home)
+        if not homes:
+            raise FileNotFoundError(
+                f"no model directory with config.json and {registry.TOKENIZER_DIR}/ under {model_ref}"
+            )
+        prefix = min(homes, key=lambda h: (h.count("/"), h)) + f"{registry.TOKENIZER_DIR}/"
+        out = dst / registry.TOKENIZER_DIR
+        for key in keys:
+            if key.startswith(prefix):
+                target = out / key[len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(storage.read_bytes(f"{root}/{key}"))
+        return out
+    return registry.find_model_dir(model_ref) / registry.TOKENIZER_DIR
+
+
+def caption_splits(data_uris: Sequence[str]) -> list[str]:
+    """The split directories whose manifest counts captioning samples (``counts.task.avc``)."""
+    from pipelines.avfit.shards import read_manifest
+
+    return [uri for uri in data_uris if (read_manifest(uri).get("counts") or {}).get("task", {}).get("avc")]
+
+
+def iter_json_members(shard_uri: str) -> Iterator[bytes]:
+    """The ``.json`` members of one shard, streamed: the media members are passed over, never kept
+    or decoded (the stream still carries their bytes: a tar has no index to seek with)."""
+    import tarfile
+
+    from pipelines import storage
+
+    with storage.open_input(shard_uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".json"):
+                yield tar.extractfile(member).read()
+
+
 def measure_caption_budget(
     model_ref: str, data_uris: Sequence[str], *, paper_splits: bool, floor: int = 48
 ) -> tuple[int, int]:
     """``(budget, n_references)``: ``caption_budget`` over the captioning references of the data,
-    with the model's own tokenizer (read from its directory, not the whole model)."""
+    with the model's own tokenizer (``fetch_tokenizer``: not the whole model).
+
+    Only the splits whose manifest counts captions are read, and of those only the ``.json``
+    members (``iter_json_members``), in this process; with ``paper_splits`` a caption outside its
+    source's paper split does not count, as it is not evaluated.
+    """
+    import shutil
+    import tempfile
+
     from transformers import AutoTokenizer
 
-    from pipelines import registry
+    from pipelines.avfit.shards import shard_uris
+    from pipelines.report import PAPER_SPLITS
 
-    ds = _read(data_uris, paper_splits)
+    splits = dict(PAPER_SPLITS)
     references: list[str] = []
-    for row in ds.select_columns(["json"]).iter_rows():
-        meta = json.loads(row["json"]) if row.get("json") is not None else {}
-        if meta.get("task") == "avc":
-            references += list(meta.get("references") or [meta.get("answer", "")])
+    for uri in caption_splits(data_uris):
+        for shard in shard_uris(uri):
+            for raw in iter_json_members(shard):
+                if paper_splits and not in_paper_split(raw, splits):
+                    continue
+                try:
+                    meta = json.loads(raw)
+                except ValueError:
+                    continue  # counted as bad_json by the Answerer
+                if isinstance(meta, dict) and meta.get("task") == "avc":
+                    references += list(meta.get("references") or [meta.get("answer", "")])
     if not references:
         return floor, 0
-    tokenizer = AutoTokenizer.from_pretrained(registry.resolve(model_ref) / registry.TOKENIZER_DIR)
-    return caption_budget(references, tokenizer, floor), len(references)
+    scratch = tempfile.mkdtemp(prefix="meerkat-tokenizer-")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(fetch_tokenizer(model_ref, scratch))
+        return caption_budget(references, tokenizer, floor), len(references)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def predict(

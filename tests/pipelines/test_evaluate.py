@@ -274,3 +274,115 @@ def test_compare_reads_whatever_datasets_and_metrics_the_runs_hold():
     assert chosen.splitlines()[0] == "| variant | arig vggss mean_ciou | igatl llp f1 | igatl llp micro_f1 |"
     assert "per_type/type1/f1" in compare_table([("public", public)], ["avfact/*"])
     assert compare_table([("x", {"eval/skipped/bad_json": 1.0})]).startswith("no evaluation metrics")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from meerkat_core.config import PRESETS
+    from meerkat_core.model import build_model
+
+    model = build_model(PRESETS["tiny"], pretrained=False, seed=0)
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny") / "m", seed=0, pretrained=False)
+
+
+def test_caption_budget_reads_only_caption_splits_json_and_the_tokenizer(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """The budget pass reads the ``.json`` members of the splits whose manifest counts captions (a
+    split without any is never opened), through no Ray pass and no whole-model download, and leaves
+    no temporary directory behind."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from pipelines import registry
+    from pipelines.avfit import shards
+    from pipelines.avfit.world import WORLD_PRESETS, iter_samples
+
+    captions_uri, plain_uri = str(tmp_path / "val"), str(tmp_path / "test")
+    long_caption = " ".join(["a man plays a red guitar on a stage while people clap"] * 8)
+    refs = []
+    with shards.ShardWriter(captions_uri, max_count=20, fingerprint="v") as w:
+        for s in iter_samples(WORLD_PRESETS["easy"], "val", 2, 11):
+            if s["json"]["task"] == "avc":
+                refs += s["json"].get("references") or [s["json"]["answer"]]
+            w.write(s)
+        for split, key in (("val", "valor-kept-avc"), ("test", "valor-dropped-avc")):
+            meta = {**s["json"], "source": "valor", "split": split, "task": "avc", "answer": long_caption}
+            w.write({**s, "__key__": key, "json": {**meta, "references": [long_caption + split]}})
+    refs.append(long_caption + "val")  # the VALOR test caption is not of the paper's split
+    with shards.ShardWriter(plain_uri, max_count=20, fingerprint="t") as w:
+        for s in iter_samples(WORLD_PRESETS["easy"], "test", 2, 11):
+            if s["json"]["task"] != "avc":
+                w.write(s)
+    for shard in shards.shard_uris(plain_uri):
+        open(shard, "wb").write(b"not a tar")  # reading this split at all would fail
+    assert evaluate.caption_splits([plain_uri, captions_uri]) == [captions_uri]
+    first = shards.read_manifest(captions_uri)["shards"][0]
+    metas = [json.loads(raw) for raw in evaluate.iter_json_members(shards.shard_uris(captions_uri)[0])]
+    assert len(metas) == first["count"] and all("task" in m for m in metas)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("not for the caption budget")
+
+    monkeypatch.setattr(evaluate, "_read", boom)  # no Ray pass over whole samples
+    monkeypatch.setattr(registry, "resolve", boom)  # not the whole model
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    budget, n = evaluate.measure_caption_budget(
+        str(tiny_model_dir), [plain_uri, captions_uri], paper_splits=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir / registry.TOKENIZER_DIR)
+    assert n == len(refs)
+    assert budget == evaluate.caption_budget(refs, tokenizer) > 48
+    assert list(scratch.iterdir()) == []  # the scratch directory is removed
+
+
+def test_fetch_tokenizer_downloads_the_tokenizer_not_the_model(tiny_model_dir, tmp_path, monkeypatch):
+    """A registered pyfunc model (the MLmodel's ``meerkat`` artifact) and an S3 training checkpoint:
+    only the tokenizer's files (and the MLmodel file) arrive."""
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from pipelines import registry, storage
+
+    expected = AutoTokenizer.from_pretrained(tiny_model_dir / registry.TOKENIZER_DIR).get_vocab()
+    tokenizer_files = {p.name for p in (tiny_model_dir / registry.TOKENIZER_DIR).rglob("*") if p.is_file()}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("fetch", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        version = registry.log_and_register(tiny_model_dir, registered_name="fetch-tok")
+    got = evaluate.fetch_tokenizer(f"models:/fetch-tok/{version}", tmp_path / "dl")
+    assert AutoTokenizer.from_pretrained(got).get_vocab() == expected
+    arrived = {p.name for p in (tmp_path / "dl").rglob("*") if p.is_file()}
+    assert arrived == tokenizer_files | {"MLmodel"}, arrived
+
+    # An S3 checkpoint: a Ray Train checkpoint folder holding the model directory.
+    bucket = tmp_path / "bucket"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, bucket / "run" / "checkpoint_000001" / "model")
+    (bucket / "run" / "notes").mkdir()
+    (bucket / "run" / "notes" / "tokenizer.txt").write_text("not a tokenizer")
+    read = []
+
+    def list_prefix(uri):
+        return [
+            f"s3://b/{p.relative_to(bucket)}"
+            for p in sorted((bucket / uri[len("s3://b/") :]).rglob("*"))
+            if p.is_file()
+        ]
+
+    def read_bytes(uri):
+        read.append(uri)
+        return (bucket / uri[len("s3://b/") :]).read_bytes()
+
+    monkeypatch.setattr(storage, "list_prefix", list_prefix)
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    got = evaluate.fetch_tokenizer("s3://b/run", tmp_path / "s3dl")
+    assert AutoTokenizer.from_pretrained(got).get_vocab() == expected
+    assert {u.rsplit("/", 1)[-1] for u in read} == tokenizer_files
+    assert all("/checkpoint_000001/model/tokenizer/" in u for u in read)
