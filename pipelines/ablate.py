@@ -69,14 +69,34 @@ def _split_key(key: str) -> tuple[str, str, str | None, str] | None:
 
 
 def compare_table(
-    runs: Sequence[tuple[str, Mapping[str, float]]], patterns: Sequence[str] | None = None
+    runs: Sequence[tuple[str, Mapping[str, float]]],
+    patterns: Sequence[str] | None = None,
+    *,
+    protocols: Sequence[str] | None = None,
 ) -> str:
     """A markdown table of evaluation runs ``(name, MLflow metrics)``: one row per run, one column per
     (task, dataset, metric) that any run holds, then the first run's baselines on those columns.
 
     Columns: the ``COMPARE_METRICS`` of each task, for every dataset found; with ``patterns``, every
     ``<task>/<dataset>/<metric>`` matching one of them (``fnmatch``: ``"arig/*/mean_ciou"``, ``"*"``).
+    ``protocols``: each run's ``metrics.protocol_version`` (``pipelines.evaluate``), shown beside its
+    name; runs of different versions are refused (``ValueError``), since a key such as
+    ``igatl/llp/f1`` does not mean the same number in both.
     """
+    if protocols is not None:
+        if len(protocols) != len(runs):
+            raise ValueError(f"{len(protocols)} protocol versions for {len(runs)} runs")
+        if len(set(protocols)) > 1:
+            by_version: dict[str, list[str]] = {}
+            for (name, _), version in zip(runs, protocols, strict=True):
+                by_version.setdefault(version, []).append(name)
+            listed = "; ".join(f"version {v}: {', '.join(names)}" for v, names in sorted(by_version.items()))
+            raise ValueError(
+                "these runs hold metrics of different protocol versions (metrics.protocol_version; "
+                f"{listed}): the same key means a different number in each (see "
+                "pipelines.evaluate.METRICS_PROTOCOL_VERSION); compare runs of one version (--runs) "
+                "or re-evaluate the older models"
+            )
     columns: set[tuple[str, str, str]] = set()
     for _, values in runs:
         for key in values:
@@ -111,12 +131,13 @@ def compare_table(
     def cell(values: Mapping[str, float], key: str) -> str:
         return f"{values[key]:.3f}" if key in values else "–"
 
-    header = ["variant", *(f"{t} {d} {m}" for t, d, m in ordered)]
+    lead = ["variant", "protocol"] if protocols is not None else ["variant"]
+    header = [*lead, *(f"{t} {d} {m}" for t, d, m in ordered)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, values in runs:
-        lines.append(
-            f"| {name} | " + " | ".join(cell(values, f"eval/{t}/{d}/{m}") for t, d, m in ordered) + " |"
-        )
+    for i, (name, values) in enumerate(runs):
+        first_cells = [name] if protocols is None else [name, protocols[i]]
+        cells = [*first_cells, *(cell(values, f"eval/{t}/{d}/{m}") for t, d, m in ordered)]
+        lines.append("| " + " | ".join(cells) + " |")
     if runs:
         first = runs[0][1]
         baselines = sorted({s[2] for s in map(_split_key, first) if s is not None and s[2] is not None})
@@ -124,7 +145,8 @@ def compare_table(
             cells = [cell(first, f"eval/{t}/{d}/{baseline}/{m}") for t, d, m in ordered]
             if any(c != "–" for c in cells):
                 label = baseline.removeprefix("baseline_").replace("_", " ")
-                lines.append(f"| baseline: {label} | " + " | ".join(cells) + " |")
+                lead_cells = [f"baseline: {label}"] + ([protocols[0]] if protocols is not None else [])
+                lines.append("| " + " | ".join([*lead_cells, *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -134,7 +156,9 @@ def compare(
     run_ids: list[str] | None = None,
     patterns: Sequence[str] | None = None,
 ) -> str:
-    """``compare_table`` of evaluation runs (of one ablation, or given ids), read back from MLflow."""
+    """``compare_table`` of evaluation runs (of one ablation, or given ids), read back from MLflow,
+    with each run's ``metrics.protocol_version`` ("1" for a run that does not record it, which
+    predates the param); runs of different versions stop the command with a message naming them."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -149,7 +173,11 @@ def compare(
     else:
         runs = [client.get_run(r) for r in run_ids]
     named = [(run.data.tags.get("meerkat.variant", run.info.run_name), run.data.metrics) for run in runs]
-    return compare_table(named, patterns)
+    protocols = [run.data.params.get("metrics.protocol_version", "1") for run in runs]
+    try:
+        return compare_table(named, patterns, protocols=protocols)
+    except ValueError as err:
+        raise SystemExit(f"meerkat compare: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -6,6 +6,7 @@ meerkat build|train|evaluate ...    the Ray jobs (same arguments as python -m pi
 meerkat ablate ...                  train + evaluate the ablation variants
 meerkat compare [--ablation ID] [--metrics PATTERN ...]
                                     side-by-side table of evaluation runs, read from MLflow
+                                    (runs of one metrics.protocol_version only)
 meerkat serve [up|status|down] ...  the Serve application on the local stack (serve/deploy.py)
 """
 

@@ -27,7 +27,8 @@ model's tokenizer fetched), so that no reference caption is cut by the budget.
 3. MLflow: an evaluation run nested under the model's training run (``mlflow.parentRunId``), with
    the record behind its scores as params (``run_record``: each split's manifest URI, fingerprint
    and counts, the decoding settings, the prompt templates' version, the box convention and the
-   code version), metrics ``eval/<task>/<dataset>/<metric>`` (baselines under
+   code version, and ``metrics.protocol_version``: what the metric keys mean), metrics
+   ``eval/<task>/<dataset>/<metric>`` (baselines under
    ``.../baseline_<name>/...``), and artefacts: ``results.md`` (tables laid out like the paper's, with its numbers as reference
    rows), the success-rate curve, boxes and AVACE attention on sample images, time windows on
    waveforms, and every prediction as a table.
@@ -53,6 +54,14 @@ logger = logging.getLogger("pipelines.evaluate")
 # Generation budget when no caption needs more (every other answer is a box, a few segments, a
 # verdict or a short phrase).
 DEFAULT_MAX_NEW_TOKENS = 48
+
+# What the metric keys mean. Logged with every evaluation run as the param ``metrics.protocol_version``
+# so that ``meerkat compare`` never puts two meanings in one column (``pipelines.ablate``). "1": runs
+# that do not record it, from before the published protocols (``igatl/*/f1`` micro-pooled over all
+# one-second bins, ``event_f1`` greedy-matched; Flickr-SoundNet against the union of the annotators'
+# boxes). "2": ``f1``/``event_f1`` as the LLP evaluation (per class, per video, averaged over videos),
+# the old numbers under ``micro_f1``/``greedy_event_f1``; Flickr-SoundNet against the consensus map.
+METRICS_PROTOCOL_VERSION = "2"
 
 
 class Answerer:
@@ -602,7 +611,14 @@ def log_to_mlflow(
     if parent:
         tags.update({"mlflow.parentRunId": parent, "meerkat.train_run_id": parent})
     with mlflow.start_run(run_name=run_name or f"eval {model_ref}", tags=tags) as run:
-        mlflow.log_params({"model": model_ref, "n_samples": len(rows), **(record or {"data": data_uris[0]})})
+        mlflow.log_params(
+            {
+                "model": model_ref,
+                "n_samples": len(rows),
+                "metrics.protocol_version": METRICS_PROTOCOL_VERSION,
+                **(record or {"data": data_uris[0]}),
+            }
+        )
         mlflow.log_metrics(flatten_metrics(results))
         mlflow.log_metrics({f"eval/skipped/{k}": float(v) for k, v in skipped.items()})
         tables = report.results_markdown(

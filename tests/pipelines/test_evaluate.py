@@ -188,6 +188,7 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
     assert params["data.uri"] == data_uri and params["data.fingerprint"] == "t"
     assert int(params["data.total"]) == out["n"]
     assert params["decoding.max_new_tokens"] == "16" and params["decoding.strategy"] == "greedy"
+    assert params["metrics.protocol_version"] == evaluate.METRICS_PROTOCOL_VERSION
     for key in ("prompt.templates_version", "boxes.convention", "code.version", "data.counts.task"):
         assert params[key], key
     keys = set(run.data.metrics)
@@ -274,6 +275,42 @@ def test_compare_reads_whatever_datasets_and_metrics_the_runs_hold():
     assert chosen.splitlines()[0] == "| variant | arig vggss mean_ciou | igatl llp f1 | igatl llp micro_f1 |"
     assert "per_type/type1/f1" in compare_table([("public", public)], ["avfact/*"])
     assert compare_table([("x", {"eval/skipped/bad_json": 1.0})]).startswith("no evaluation metrics")
+
+
+def test_compare_shows_the_protocol_version_and_refuses_to_mix_versions():
+    from pipelines.ablate import compare_table
+
+    new, old = {"eval/igatl/llp/f1": 0.5}, {"eval/igatl/llp/f1": 0.6}
+    table = compare_table([("a", new), ("b", new)], protocols=["2", "2"])
+    assert table.splitlines()[0] == "| variant | protocol | igatl llp f1 |"
+    assert table.splitlines()[2] == "| a | 2 | 0.500 |"
+    with pytest.raises(ValueError, match=r"different protocol versions .*version 1: old; version 2: a"):
+        compare_table([("a", new), ("old", old)], protocols=["2", "1"])
+
+
+def test_every_evaluation_run_records_its_protocol_version_and_compare_reads_it(tmp_path, monkeypatch):
+    """Through MLflow (a sqlite store): ``log_to_mlflow`` writes ``metrics.protocol_version``; a run
+    without it (from before the param) counts as version 1 and is not compared with a new one."""
+    import mlflow
+
+    from pipelines.ablate import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("cmp", artifact_location=(tmp_path / "artifacts").as_uri())
+    results = {"igatl": {"llp": {"model": {"f1": 0.5}}}}
+    run_id = evaluate.log_to_mlflow(
+        results, [], model_ref=str(tmp_path / "m"), data_uri="d", experiment="cmp", run_name="new", skipped={}
+    )
+    params = mlflow.MlflowClient().get_run(run_id).data.params
+    assert params["metrics.protocol_version"] == evaluate.METRICS_PROTOCOL_VERSION
+    assert "| new | 2 | 0.500 |" in compare(experiment="cmp")
+    with mlflow.start_run(run_name="old", tags={"meerkat.kind": "evaluation"}):
+        mlflow.log_metric("eval/igatl/llp/f1", 0.6)
+    with pytest.raises(SystemExit, match="version 1: old; version 2: new"):
+        compare(experiment="cmp")
+    assert "| old | 1 | 0.600 |" in compare(experiment="cmp", run_ids=[mlflow.last_active_run().info.run_id])
 
 
 @pytest.fixture(scope="module")
