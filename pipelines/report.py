@@ -251,9 +251,12 @@ _TABLES = (
         "Table 4: Image guided audio temporal localisation (IGATL)",
         ("igatl",),
         ("TimeChat", "MEERKAT"),
-        "The LLP/AVVP protocol: F1 over 1-second segments (and over events, maximal runs of active "
-        "seconds matched at IoU >= 0.5) per event class and video, averaged over the video's classes "
-        "and then over videos, in %. The paper reports the segment level.",
+        "F1 over 1-second segments (and over events, maximal runs of active seconds matched at IoU "
+        ">= 0.5) per event class and video, averaged over the video's classes and then over videos, "
+        "in %, as the LLP/AVVP evaluation aggregates them, but only over the classes asked about: on "
+        "LLP the events both heard and seen (one question per class shown in the image). This is not "
+        "the whole audio-only AVVP protocol, which also scores the audio-only events and false "
+        "alarms of every other class. The paper reports the segment level.",
     ),
     _Table(
         "Table 5: Audio-visual fact-checking (AVFact)",

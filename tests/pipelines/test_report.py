@@ -164,6 +164,11 @@ def test_this_run_in_the_papers_units():
         "AudioSet-Strong event F1@0.5 ↑": "–",
     }
 
+    # The caption says what the LLP number covers: the heard-and-seen classes asked, not all of AVVP.
+    caption = " ".join(markdown.split("## Table 4", 1)[1].split("\n## ", 1)[0].split())
+    assert "only over the classes asked about" in caption and "both heard and seen" in caption
+    assert "not the whole audio-only AVVP protocol" in caption
+
     avfact = _row(_table(markdown, "Table 5"), "run 7 (procedural world)")
     assert [avfact[f"Type {t} F1-score ↑"] for t in (1, 2, 3, 4)] == ["0.81", "0.50", "–", "–"]
 
