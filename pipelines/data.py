@@ -1,28 +1,49 @@
 """Streaming AVFIT shards into model batches with Ray Data.
 
-    ds = build_dataset(DataConfig(uri="s3://meerkat/avfit/train"), model_config, tokenizer_dir=None)
-    for batch in ds.iter_torch_batches(batch_size=8, collate_fn=MeerkatCollate(pad_id)):
+    ds = build_dataset(DataConfig(uri="s3://meerkat/avfit/train"), model_config, None, rank=r, world=n)
+    for batch in ds.iter_torch_batches(batch_size=8, collate_fn=MeerkatCollate(pad_id, device=dev)):
         model(batch)
 
 Stages (each a callable class or function, testable with a hand-made dict):
 
-1. **read + untar** (:func:`read_samples`, :func:`shard_samples`, ``flat_map``): the shards listed
-   in the split's ``manifest.json``, read whole through :mod:`pipelines.storage` (S3 with its
-   endpoint override, or local), for ``epochs`` passes in one stream, each pass in its own seeded
-   order; every sample carries its ``epoch``. A shard that cannot be read (after retries) is
-   skipped and counted. Untar (:func:`untar`) is webdataset's own tar iterator and key grouping,
-   with a handler that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated
-   tar makes it fail the whole read (checked with Ray 2.60), and the job with it; here the samples
-   before the damage are kept and the damage is counted.
-3. **preprocess** (:func:`preprocess_batch`, ``map_batches`` as Ray tasks, over :class:`Preprocess`):
+1. **read + untar** (:func:`read_samples`, :func:`group_samples`, ``flat_map``): the shards listed
+   in the split's ``manifest.json`` (all present, checked at start: :func:`check_shards`), read
+   whole (S3 through one reused client per process, or local), for ``epochs`` passes in one
+   stream. Untar (:func:`untar`) is webdataset's own tar iterator and key grouping, with a handler
+   that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated tar makes it
+   fail the whole read (checked with Ray 2.60), and the job with it; here the samples before the
+   damage are kept and the damage is counted. A shard that cannot be read (after retries) is
+   skipped and counted.
+2. **preprocess** (:func:`preprocess_batch`, ``map_batches`` as Ray tasks, over :class:`Preprocess`):
    JSON parsing and contract check, task mixing, image/audio decoding and the model's
    preprocessing and tokenization (:class:`meerkat_core.batching.SamplePreprocessor`, the same
-   code Serve runs). A sample with undecodable media or missing fields is skipped and counted.
-   Tasks, not an actor pool: Ray keeps its worker processes between tasks and
-   :func:`preprocess_batch` keeps one :class:`Preprocess` per process, so the torch +
-   transformers imports and the tokenizer load are paid once per process, and evaluation or a
-   second dataset in the same job starts warm (an actor pool is built anew at every execution).
-4. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest.
+   code Serve runs), then lean rows (:func:`lean_media`). A sample with undecodable media or
+   missing fields is skipped and counted. Tasks, not an actor pool: Ray keeps its worker
+   processes between tasks and :func:`preprocess_batch` keeps one :class:`Preprocess` per
+   process, so the torch + transformers imports and the tokenizer load are paid once per process.
+3. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest,
+   and turns the lean media into float32 on the trainer's device (:func:`normalise_media`).
+
+Parallelism follows the cluster: one read task per read group and preprocessing tasks with no
+count (``TaskPoolStrategy()``), so Ray Data runs as many as the cluster's CPUs allow and as many
+more as nodes join; no config holds a cluster-wide number. Read tasks request the memory their
+group needs (:func:`read_memory`), from the manifest's shard sizes.
+
+Each rank reads its own share (:func:`rank_groups`): the epoch's shard order is seeded by
+``(seed, epoch)`` with each source's shards spread evenly through it (:func:`shard_order`), rank
+``r`` of ``n`` takes every ``n``-th shard from ``r``, and runs of ``mix_shards`` of them are read
+by one task and interleaved by a seeded permutation (read-time source and task mixing). Ray
+Data keeps the order (``preserve_order``), so a rank's stream is the same at every run and the
+three numbers of :func:`stream_position` (epoch, group, index in the group) say where it is: a
+restart builds the stream from there, skipping at most one group's already-trained samples
+before decoding, whatever the point in the epoch. Why not ``streaming_split``: it hands blocks
+out dynamically, so what a worker had trained on cannot be told from a count, and a restart had
+to read and discard the epoch's prefix.
+
+Lean rows: ``pixel_values`` as the crop's uint8 values and ``audio_features`` as float16 in the
+object store (:func:`lean_media`), about a quarter of the float32 row; the float32 tensors the
+model takes are made once, on the trainer's device, with the constants of
+:class:`meerkat_core.media.ImagePreprocessor` carried by each row (``pixel_norm``).
 
 Skips are counted by reason in a named Ray actor (:class:`SkipCounter`); the job reads
 :func:`skip_counts` and logs them.
@@ -35,9 +56,11 @@ different subset each epoch.
 
 Epochs: training asks for all its epochs as one stream (``build_dataset(epochs=N)``) rather than
 iterating the dataset once per epoch: each iteration is a new Ray Data execution, whose start
-(scheduling, first shard read from S3, the local shuffle buffer filling) left the training
-workers waiting about 40 s at every epoch on this 2-core machine, twice an epoch's compute on
-the demo's split.
+(scheduling, first shard read from S3) left the training workers waiting at every epoch.
+
+The cache (``data.cache``, :func:`build_cached_epochs`) is for small splits on small machines: it
+refuses a split that would not fit the object store (:func:`check_cache_fits`), and its epochs are
+counted by the caller (:func:`cached_batches`), not read from Ray's internals.
 """
 
 from __future__ import annotations
@@ -117,8 +140,8 @@ class DataConfig:
     preprocess_batch: int = 8
     cache: bool = False
     """Preprocess the split once and keep the model rows in Ray's object store for every epoch
-    (:func:`build_cached_epochs`): for splits that fit in it (about 0.9 MB a sample with the tiny
-    preset), where decoding and preprocessing, not the model, bound the step (small CPU runs)."""
+    (:func:`build_cached_epochs`): for splits that fit in it (:func:`row_bytes` a sample), where
+    decoding and preprocessing, not the model, bound the step (small CPU runs)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -704,7 +727,7 @@ def build_cached_epochs(
         .drop_columns(["group", "index"])
         .materialize()
     )
-    return rows.randomize_block_order()
+    return rows
 
 
 def cached_batches(

@@ -340,9 +340,11 @@ def _batches(cfg: TrainJobConfig, loop_config: dict[str, Any], collate, rank: in
     groups, order preserved), so where it is fits in a few numbers (``pipelines.data.stream_position``)
     that the checkpoint keeps for every rank (``streams``); a resumed rank starts its stream
     there, reading at most one group it had read before and training on no sample twice. With
-    ``data.cache``, the cached split (``build_cached_epochs``) through Ray Train's split, one
-    iteration per epoch counted here, thinned per epoch (``cached_batches``); a resumed worker
-    skips ``batch_in_epoch`` batches of the checkpoint's epoch. Batches leave the collate on the
+    ``data.cache``, the rank's fixed share of the cached split (``build_cached_epochs``, handed to
+    every worker; not Ray Train's ``streaming_split``, whose per-epoch barrier deadlocks ranks
+    whose thinned epochs differ in length), one pass per epoch counted here, thinned per epoch
+    (``cached_batches``), shuffled by a seeded local buffer; a resumed worker skips
+    ``batch_in_epoch`` batches of the checkpoint's epoch (read again from the object store). Batches leave the collate on the
     trainer's device, media already normalised to float32.
     """
     import ray.data
@@ -355,10 +357,14 @@ def _batches(cfg: TrainJobConfig, loop_config: dict[str, Any], collate, rank: in
     world = ray.train.get_context().get_world_size()
     collate = data.MeerkatCollate(collate.pad_id, collate.side, device=ray.train.torch.get_device())
     current, in_epoch = state["epoch"], state["batch_in_epoch"]
-    if cfg.data.cache:
-        shard, keep, epoch = ray.train.get_dataset_shard("train"), data.keep_probs(cfg.data), state["epoch"]
+    if cfg.data.cache:  # this rank's blocks of the cached split, one pass per epoch, no barrier
+        share, keep, epoch = (
+            loop_config["cached"].split(world, equal=True)[rank],
+            data.keep_probs(cfg.data),
+            state["epoch"],
+        )
         while True:
-            rows = shard.iter_batches(
+            rows = share.iter_batches(
                 batch_size=cfg.optim.batch_size,
                 local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                 local_shuffle_seed=cfg.seed * 1000 + epoch * 10 + rank,
@@ -366,10 +372,15 @@ def _batches(cfg: TrainJobConfig, loop_config: dict[str, Any], collate, rank: in
             thinned = data.cached_batches(
                 rows, keep=keep, seed=cfg.data.seed, epoch=epoch, batch_size=cfg.optim.batch_size
             )
+            i = 0
             for i, batch in enumerate(thinned, start=1):
                 if epoch == state["epoch"] and i <= state["batch_in_epoch"]:
                     continue
                 yield epoch, i, collate(batch)
+            if not i:
+                raise ValueError(
+                    f"rank {rank}: its share of the cached split gives no batch of {cfg.optim.batch_size}"
+                )
             epoch += 1
     model_cfg = from_dict(ModelConfig, loop_config["model"])
     tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
@@ -551,10 +562,10 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     # Per-operator progress bars turn into thousands of lines in a job's log; the loop logs its own.
     ray.data.DataContext.get_current().enable_progress_bars = False
     skip_counter()  # the driver owns the job's skip counter; every stage reports to it
-    datasets = {}
+    cached = None
     if cfg.data.cache:
         t0 = time.perf_counter()
-        datasets["train"] = build_cached_epochs(cfg.data, model_cfg, tokenizer_dir)
+        cached = build_cached_epochs(cfg.data, model_cfg, tokenizer_dir)
         epochs_per_pass = 0  # one epoch per iteration, counted by the loop
         logger.info("split preprocessed once and cached in %.0f s", time.perf_counter() - t0)
     else:  # each worker streams its own share (_batches): resumable exactly, nothing split at run time
@@ -575,6 +586,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             "mlflow_run_id": run_id,
             "tracking_uri": tracking_uri,
             "epochs_per_pass": epochs_per_pass,
+            "cached": cached,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -590,7 +602,6 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
-        datasets=datasets,
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -1,24 +1,36 @@
-"""Benchmark (opt-in, ``-m bench``): samples/s of the Ray Data stream against two baselines.
+"""Benchmark (opt-in, ``-m bench``): the Ray Data stream against its ceiling, where the time goes,
+bytes per row, and how long a resumed stream takes to its first batch early and late in an epoch.
 
     .venv/bin/python -m pytest -m bench -s tests/benchmarks/test_data_bench.py
 
-All three read the same local shards (the procedural world, easy preset) in one run:
+One run, the same local shards (the procedural world, easy preset, tiny preset's shapes):
 
-* ceiling: reading the raw tar bytes alone;
-* single process: a plain loop untar -> decode -> preprocess (the same stage code, no Ray);
-* Ray Data: ``build_dataset`` (read_binary_files -> untar -> preprocess actors), iterated to the end.
+* single process: a plain loop read -> untar -> decode -> preprocess -> lean rows -> collate (the
+  stage code, no Ray), timed per step: the per-core rate the README's capacity model starts from;
+* ceiling: that rate x the cores Ray Data may use (the cluster's CPUs, at most the machine's cores);
+* Ray Data: ``build_dataset`` (rank 0 of 1), iterated to the end: end to end (from the call) and
+  steady (from the first batch on);
+* resume: ``build_dataset(position=...)`` at the second sample and at the last group of the epoch,
+  time to the first batch (the stream does not read what lies before the position).
 
-Printed: samples/s for each and the ratios Ray/single and Ray/ceiling. The only assertion is that
-each path yields every sample.
+Last line: ``bench: data ray_vs_ceiling=<steady> end_to_end=<x> bytes_per_row=<lean row bytes>``.
+The only assertions are that each path yields every sample and that lean rows are smaller.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from collections import defaultdict
 
+import numpy as np
 import pytest
+import ray
 
+from meerkat_core import batching, media
 from meerkat_core.config import PRESETS
+from meerkat_core.tokenizer import load_tokenizer
 from pipelines import data
 from pipelines.avfit import shards
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
@@ -30,49 +42,112 @@ TINY = PRESETS["tiny"]
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bench-shards"))
-    with shards.ShardWriter(out, max_count=60, fingerprint="bench") as w:
+    with shards.ShardWriter(out, max_count=30, fingerprint="bench") as w:
         for s in iter_samples(WORLD_PRESETS["easy"], "train", 60, 0):
             w.write(s)
     return out
 
 
+def _single_process(uris: list[str]) -> tuple[int, float, dict[str, float], int, int]:
+    """The plain loop, timed per step; returns samples, seconds, seconds per step, row bytes
+    before (float32 media) and after (lean)."""
+    tok = load_tokenizer(None)
+    prep = batching.SamplePreprocessor(TINY, tok)
+    collate = data.MeerkatCollate(tok.pad_token_id)
+    spent: dict[str, float] = defaultdict(float)
+    n, fat, lean = 0, 0, 0
+    t_all = time.perf_counter()
+    for uri in uris:
+        t = time.perf_counter()
+        payload = data.read_shard(uri)
+        spent["read"] += time.perf_counter() - t
+        t = time.perf_counter()
+        members = list(data.untar({"bytes": payload, "path": uri}))
+        spent["untar"] += time.perf_counter() - t
+        rows = []
+        for m in members:
+            meta = json.loads(m["json"])
+            t = time.perf_counter()
+            img = media.load_image(m["jpg"])
+            wave = media.load_audio(
+                m["flac"], target_sr=TINY.audio.sampling_rate, max_seconds=prep.max_audio_seconds
+            )
+            spent["decode"] += time.perf_counter() - t
+            t = time.perf_counter()
+            pixels = prep.image([img])[0].numpy()
+            spent["image"] += time.perf_counter() - t
+            t = time.perf_counter()
+            mel = prep.audio([wave])[0].numpy()
+            spent["mel"] += time.perf_counter() - t
+            t = time.perf_counter()
+            row = prep(img, wave, meta)  # text, boxes, regions (media again: subtracted below)
+            spent["tokenise+rest"] += time.perf_counter() - t
+            t = time.perf_counter()
+            fat = pixels.nbytes + mel.nbytes
+            row.update(data.lean_media(row["pixel_values"], row["audio_features"], prep.image))
+            lean = sum(row[c].nbytes for c in ("pixel_values", "audio_features", "pixel_norm"))
+            row.update(__key__=m["__key__"], task=meta["task"])
+            rows.append(row)
+            spent["lean"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(0, len(rows), 8):
+            collate(data._columns(rows[i : i + 8]))
+        spent["transfer(collate)"] += time.perf_counter() - t
+        n += len(rows)
+    total = time.perf_counter() - t_all
+    # prep() above decoded nothing but redid image and mel: count only its own part
+    spent["tokenise+rest"] = max(0.0, spent["tokenise+rest"] - spent["image"] - spent["mel"])
+    total -= spent["image"] + spent["mel"]
+    return n, total, dict(spent), fat, lean
+
+
+def _first_batch_s(cfg: data.DataConfig, position: dict[str, int]) -> float:
+    t = time.perf_counter()
+    ds = data.build_dataset(cfg, TINY, None, position=position)
+    next(iter(ds.iter_batches(batch_size=4)))
+    return time.perf_counter() - t
+
+
 def test_stream_throughput(ray_local, shard_dir):
     uris = shards.shard_uris(shard_dir)
     n = shards.read_manifest(shard_dir)["total"]
+    single, single_s, spent, fat, lean = _single_process(uris)
+    rate = single / single_s
+    cores = min(os.cpu_count() or 1, int(ray.cluster_resources().get("CPU", 1)))
+    ceiling = rate * cores
 
+    cfg = data.DataConfig(uri=shard_dir, mix_shards=1)
     t = time.perf_counter()
-    total_bytes = sum(len(open(u, "rb").read()) for u in uris)
-    ceiling_s = time.perf_counter() - t
-
-    t = time.perf_counter()
-    prep = data.Preprocess(TINY, None)
-    single = 0
-    for u in uris:
-        rows = list(data.untar({"bytes": open(u, "rb").read(), "path": u}))
-        for i in range(0, len(rows), 8):
-            chunk = rows[i : i + 8]
-            out = prep({k: [r[k] for r in chunk] for k in ("__key__", "jpg", "flac", "json")})
-            single += len(out["__key__"])
-    single_s = time.perf_counter() - t
-
-    results = {}
-    for actors in (1, 2):
-        cfg = data.DataConfig(uri=shard_dir, preprocess_tasks=actors, preprocess_cpus=0.5)
-        t = time.perf_counter()
-        got, first_at, first_n = 0, None, 0
-        for b in data.build_dataset(cfg, TINY, None).iter_batches(batch_size=16):
-            got += len(b["__key__"])
-            if first_at is None:  # steady state: from the first batch on, actor start-up excluded
-                first_at, first_n = time.perf_counter(), got
-        end = time.perf_counter()
-        results[actors] = (got, end - t, (got - first_n) / max(end - first_at, 1e-9))
-
-    print(f"\n{n} samples, {total_bytes / 1e6:.1f} MB of shards")
-    print(f"raw tar bytes (ceiling): {n / ceiling_s:10.1f} samples/s")
-    print(f"single-process loop:     {n / single_s:10.1f} samples/s")
-    for actors, (got, secs, steady) in results.items():
-        print(
-            f"Ray Data, {actors} actor(s):    {got / secs:10.1f} samples/s end to end, {steady:.1f} steady "
-            f"(x{steady / (n / single_s):.2f} of single, x{steady / (n / ceiling_s):.4f} of ceiling)"
+    got, first_at, first_n, row_bytes = 0, None, 0, []
+    for b in data.build_dataset(cfg, TINY, None).iter_batches(batch_size=16):
+        got += len(b["__key__"])
+        row_bytes.append(
+            sum(b[c].nbytes for c in b if c in data.ROW_COLUMNS or c == "pixel_norm") / len(b["__key__"])
         )
-    assert single == n and all(got == n for got, _, _ in results.values())
+        if first_at is None:  # steady state: from the first batch on, start-up excluded
+            first_at, first_n = time.perf_counter(), got
+    end = time.perf_counter()
+    end_to_end = got / (end - t)
+    steady = (got - first_n) / max(end - first_at, 1e-9)
+
+    groups = data.rank_groups(
+        uris, seed=cfg.seed, epoch=0, group=cfg.mix_shards, strata=data._strata(shard_dir)
+    )
+    early = _first_batch_s(cfg, {"epoch": 0, "group": 0, "index": 1})
+    late = _first_batch_s(cfg, {"epoch": 0, "group": len(groups) - 1, "index": 5})
+
+    print(f"\n{n} samples in {len(uris)} shards; Ray Data may use {cores} cores")
+    print(f"single process: {rate:.1f} samples/s; per sample (ms):")
+    for step, secs in spent.items():
+        print(f"  {step:18s} {1e3 * secs / single:7.2f}")
+    print(f"ceiling ({rate:.1f} x {cores}): {ceiling:.1f} samples/s")
+    print(f"Ray Data: {steady:.1f} steady, {end_to_end:.1f} end to end")
+    print(
+        f"row media bytes: float32 {fat}, lean {lean} (x{lean / fat:.3f}); lean row, all columns {np.mean(row_bytes):.0f}"
+    )
+    print(f"resume -> first batch: early {early:.2f} s, late {late:.2f} s (late/early x{late / early:.2f})")
+    assert single == n and got == n and lean < fat
+    print(
+        f"bench: data ray_vs_ceiling={steady / ceiling:.2f} end_to_end={end_to_end / ceiling:.2f} "
+        f"bytes_per_row={np.mean(row_bytes):.0f}"
+    )
