@@ -442,6 +442,10 @@ POSITION_COLUMNS = ("epoch", "group", "index")
 READ_MEMORY_FACTOR = 3
 """A read task holds a group's payloads, their untarred members and its output block: about three
 times the group's bytes (see :func:`read_memory`)."""
+READ_PROCESS_MEMORY = 400 * 1024**2
+"""What a read worker process holds before any shard (this module imports torch through
+``meerkat_core``): Ray Data's per-worker peak for the read stage in the data benchmark
+(``tests/benchmarks/test_data_bench.py``), rounded up."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -594,9 +598,10 @@ def stream_position(batch: Mapping[str, Any]) -> dict[str, int]:
 
 
 def read_memory(uri: str, mix_shards: int) -> int:
-    """Memory a read task requests: :data:`READ_MEMORY_FACTOR` x its group's largest shards."""
+    """Memory a read task requests: :data:`READ_PROCESS_MEMORY` + :data:`READ_MEMORY_FACTOR` x its
+    group's largest shards."""
     sizes = sorted((s["bytes"] for s in read_manifest(uri)["shards"]), reverse=True)
-    return int(READ_MEMORY_FACTOR * sum(sizes[:mix_shards]))
+    return int(READ_PROCESS_MEMORY + READ_MEMORY_FACTOR * sum(sizes[:mix_shards]))
 
 
 def check_shards(uri: str) -> list[str]:

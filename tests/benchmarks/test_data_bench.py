@@ -133,8 +133,13 @@ def test_stream_throughput(ray_local, shard_dir):
     groups = data.rank_groups(
         uris, seed=cfg.seed, epoch=0, group=cfg.mix_shards, strata=data._strata(shard_dir)
     )
-    early = _first_batch_s(cfg, {"epoch": 0, "group": 0, "index": 1})
-    late = _first_batch_s(cfg, {"epoch": 0, "group": len(groups) - 1, "index": 5})
+    early_at, late_at = (
+        {"epoch": 0, "group": 0, "index": 1},
+        {"epoch": 0, "group": len(groups) - 1, "index": 5},
+    )
+    # alternated, best of two each: the first start in the run also pays process warm-up
+    times = [(_first_batch_s(cfg, early_at), _first_batch_s(cfg, late_at)) for _ in range(2)]
+    early, late = min(t[0] for t in times), min(t[1] for t in times)
 
     print(f"\n{n} samples in {len(uris)} shards; Ray Data may use {cores} cores")
     print(f"single process: {rate:.1f} samples/s; per sample (ms):")
