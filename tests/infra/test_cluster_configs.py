@@ -319,7 +319,9 @@ def _check_fits_training(nodes: dict[str, tuple[float, float, int]], cfg: Any, w
     preprocessing actors (so the placement never needs two kinds at once)."""
     assert cfg.scaling.use_gpu
     n, s = cfg.scaling.num_workers, cfg.scaling
-    data_cpus = cfg.data.preprocess_tasks * cfg.data.preprocess_cpus
+    # Preprocessing autoscales into the CPUs the workers leave (data.preprocess_tasks None): at
+    # least one task must fit beside them; a configured cap must fit whole.
+    data_cpus = (cfg.data.preprocess_tasks or 1) * cfg.data.preprocess_cpus
     assert nodes, f"{where}: no GPU node kind"
     whole = []
     for kind, (cpus, gpus, count) in nodes.items():
