@@ -175,6 +175,16 @@ def test_manifest_counts_and_checksums(tmp_path):
     assert shard_uris(str(tmp_path)) == [str(tmp_path / s["name"]) for s in manifest["shards"]]
 
 
+def test_manifest_says_each_shards_sources(tmp_path):
+    """Readers spread the sources' shards through an epoch: the manifest says each shard's sources;
+    an older manifest without them falls back to the shard name's prefix (the build's source name)."""
+    samples = [sample(i, source=src) for i, src in enumerate(["vggss", "vggss", "vggss", "avqa", "avqa"])]
+    manifest = write_all(str(tmp_path), samples, max_count=2)
+    assert [s["sources"] for s in manifest["shards"]] == [{"vggss": 2}, {"avqa": 1, "vggss": 1}, {"avqa": 1}]
+    assert [shards.shard_source(s) for s in manifest["shards"]] == ["vggss", "avqa", "avqa"]
+    assert shards.shard_source({"name": "valor-000003.tar", "count": 1, "bytes": 1, "sha256": ""}) == "valor"
+
+
 def test_invalid_samples_are_skipped_and_counted(tmp_path):
     good = [sample(i) for i in range(3)]
     bad_box = sample(10, task="arig")
