@@ -30,6 +30,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +42,29 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
 
+def paper_llama_config(tokenizer: Any) -> Any:
+    """The paper preset's LLM shapes (``meerkat_core.config.PAPER.llm``, the one owner) as a
+    ``LlamaConfig`` with ``tokenizer``'s special ids."""
+    from transformers import LlamaConfig
+
+    from meerkat_core.config import PRESETS
+
+    llm = PRESETS["paper"].llm
+    return LlamaConfig(
+        vocab_size=llm.vocab_size,
+        hidden_size=llm.hidden_size,
+        intermediate_size=llm.intermediate_size,
+        num_hidden_layers=llm.num_hidden_layers,
+        num_attention_heads=llm.num_attention_heads,
+        num_key_value_heads=llm.num_key_value_heads,
+        max_position_embeddings=llm.max_position_embeddings,
+        rms_norm_eps=llm.rms_norm_eps,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def write_paper_checkpoints(root: Path, device: str) -> None:
     """Random weights at the paper's shapes, saved with ``save_pretrained`` (skipped when present)."""
     from transformers import (
@@ -50,7 +74,6 @@ def write_paper_checkpoints(root: Path, device: str) -> None:
         ClapTextConfig,
         CLIPConfig,
         CLIPModel,
-        LlamaConfig,
         LlamaForCausalLM,
     )
 
@@ -69,20 +92,7 @@ def write_paper_checkpoints(root: Path, device: str) -> None:
             audio_config=ClapAudioConfig(enable_fusion=False).to_dict(),
         )
         ClapModel(clap_cfg).save_pretrained(root / "clap")
-        llama = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=32000,
-                hidden_size=4096,
-                intermediate_size=11008,
-                num_hidden_layers=32,
-                num_attention_heads=32,
-                num_key_value_heads=32,
-                max_position_embeddings=4096,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                tie_word_embeddings=False,
-            )
-        ).to(torch.bfloat16)
+        llama = LlamaForCausalLM(paper_llama_config(tokenizer)).to(torch.bfloat16)
         llama.save_pretrained(root / "llm")
         del llama
     tokenizer.save_pretrained(root / "tokenizer")

@@ -16,6 +16,16 @@ def test_gpu_step_runs_the_jobs_step_on_the_real_loading_path(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("bench: gpu_step ")
 
 
+def test_paper_llama_shapes_come_from_the_preset():
+    from meerkat_core.config import PRESETS
+    from tests.fixtures.pretrained import llama_style_tokenizer
+
+    cfg = gpu_step.paper_llama_config(llama_style_tokenizer())
+    llm = PRESETS["paper"].llm
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size) == (4096, 32, 11008)
+    assert (cfg.vocab_size, cfg.num_attention_heads) == (llm.vocab_size, llm.num_attention_heads)
+
+
 @pytest.mark.gpu
 def test_gpu_step_on_the_paper_shapes(tmp_path):
     if not torch.cuda.is_available():
