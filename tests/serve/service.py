@@ -142,7 +142,7 @@ def meerkat_serve(
     stack_dir: str, env: dict[str, str], *args: str, timeout_s: float = 600
 ) -> subprocess.CompletedProcess:
     """``meerkat serve <args>`` against the local stack in ``stack_dir``; raises on failure."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--dir", stack_dir, *args]
+    cmd = [sys.executable, "-m", "infra.cli", "serve", "--dir", stack_dir, *args]
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")

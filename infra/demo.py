@@ -1,6 +1,6 @@
 """The whole system on one machine: ``make demo``.
 
-    python -m pipelines.demo [--dir .local-stack] [--train-steps 900] [--scenes 400] [--serve-port 8000]
+    python -m infra.demo [--dir .local-stack] [--train-steps 900] [--scenes 400] [--serve-port 8000]
 
 1. starts the embedded local stack (Ray head, MLflow, S3-compatible server on loopback), or reuses it;
 2. ``ray job submit``: builds the procedural AVFIT into the S3 server;
@@ -228,6 +228,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from pipelines.demo import main as _main
+    from infra.demo import main as _main
 
     _main()
