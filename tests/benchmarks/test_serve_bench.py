@@ -46,7 +46,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from infra.local import stack
+from infra.local import processes
 from meerkat_core import batching
 from meerkat_core.config import PRESETS
 from meerkat_core.model import build_model, load_model
@@ -210,7 +210,7 @@ def test_batching_throughput_latency_and_serve_overhead(local_stack, tmp_path):
     torch.set_num_threads(1)
     try:
         with threadpool_limits(limits=1):
-            port = stack.free_port()
+            port = processes.free_port()
             deployed = service.deploy(
                 local_stack, str(model_dir), port, secrets.token_hex(16), "--max-batch-size", "16"
             )

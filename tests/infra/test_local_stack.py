@@ -1,18 +1,16 @@
-"""infra.local.stack: process ownership (unit) and a whole up / reuse / job / down cycle (integration)."""
+"""infra.local.stack: its configuration (unit) and a whole up / reuse / job / down cycle (integration)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
-from infra.local import stack
+from infra.local import processes, stack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,43 +20,6 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _launch_sleeper(tmp_path: Path, marker: str, *, with_detached_child: bool = False) -> stack.Service:
-    child = (
-        "import subprocess; subprocess.Popen(['sleep', '120'], start_new_session=True); "
-        if with_detached_child
-        else ""
-    )
-    cmd = [sys.executable, "-c", f"{child}import time; time.sleep(120)", marker]
-    return stack.launch(
-        "sleeper", cmd, tmp_path / "sleeper.log", dict(os.environ), marker, [], lambda: True, 10
-    )
-
-
-def test_a_group_without_its_marker_is_not_ours(tmp_path):
-    service = _launch_sleeper(tmp_path, f"marker-{uuid.uuid4().hex}")
-    try:
-        impostor = stack.Service("sleeper", service.pgid, service.started, "some-other-marker", [])
-        assert stack.service_processes(impostor) == []
-        assert [p.pid for p in stack.service_processes(service)] == [service.pgid]
-    finally:
-        stack.stop_service(service)
-    assert not _alive(service.pgid)
-
-
-def test_stop_service_ends_descendants_in_other_groups(tmp_path):
-    # Like a Ray worker: a child of a marked process, in a session of its own, without the marker.
-    marker = f"marker-{uuid.uuid4().hex}"
-    service = _launch_sleeper(tmp_path, marker, with_detached_child=True)
-    service.marker_unique = True
-    deadline = time.monotonic() + 10
-    while len(stack.service_processes(service)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    pids = [p.pid for p in stack.service_processes(service)]
-    assert len(pids) == 2
-    stack.stop_service(service, grace_s=2)
-    assert not any(_alive(pid) for pid in pids)
 
 
 def test_config_from_env_and_env_file(tmp_path, monkeypatch):
@@ -116,7 +77,7 @@ def _group_members(pgids: set[int]) -> list[int]:
 @pytest.mark.integration
 def test_up_reuse_job_and_down(tmp_path):
     names = ("S3", "MLFLOW", "RAY", "DASHBOARD", "RAY_CLIENT", "DASHBOARD_AGENT")
-    ports = {name: stack.free_port() for name in names}
+    ports = {name: processes.free_port() for name in names}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS", "MLFLOW_"))}
     env.update({f"MEERKAT_STACK_{n}_PORT": str(p) for n, p in ports.items()}, MEERKAT_STACK_NUM_CPUS="1")
     directory = tmp_path / "stack"
@@ -141,7 +102,7 @@ def test_up_reuse_job_and_down(tmp_path):
             "MEERKAT_DATA_URI": "s3://meerkat/data",
         }
         assert (directory / "ray_auth_token").stat().st_mode & 0o077 == 0
-        assert stack.http_get(f"{stack_env['RAY_ADDRESS']}/api/jobs/")[0] == 401  # no token, no entry
+        assert processes.http_get(f"{stack_env['RAY_ADDRESS']}/api/jobs/")[0] == 401  # no token, no entry
 
         second = _cli("up", directory, env)
         assert second.returncode == 0 and "reusing" in second.stdout, second.stdout + second.stderr
@@ -167,14 +128,14 @@ def test_up_reuse_job_and_down(tmp_path):
 
         pgids = {s.pgid for s in services}
         ray_temp = next(s.marker for s in services if s.name == "ray")
-        before = {p.pid for s in services for p in stack.service_processes(s)}
+        before = {p.pid for s in services for p in processes.service_processes(s)}
         assert len(before) >= 5  # moto, mlflow (+ uvicorn), gcs, raylet, dashboard, ...
     finally:
         down = _cli("down", directory, env)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(_alive(pid) for pid in before)
     assert _group_members(pgids) == []
-    assert not any(stack.port_in_use(p) for p in ports.values())
+    assert not any(processes.port_in_use(p) for p in ports.values())
     assert not Path(ray_temp).exists()
     assert not (directory / "state.json").exists() and not (directory / "stack.env").exists()
     assert (directory / "mlflow.db").exists()

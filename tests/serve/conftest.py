@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.local import stack
+from infra.local import processes
 from tests.serve import service
 
 REGISTERED_NAME = "meerkat-serve-test"
@@ -60,7 +60,7 @@ def deployed_ref(registered_model: str) -> str:
 
 @pytest.fixture(scope="package")
 def meerkat_service(local_stack, deployed_ref: str) -> Iterator[service.Service]:
-    deployed = service.deploy(local_stack, deployed_ref, stack.free_port(), secrets.token_hex(16))
+    deployed = service.deploy(local_stack, deployed_ref, processes.free_port(), secrets.token_hex(16))
     try:
         yield deployed
     finally:
