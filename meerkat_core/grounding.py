@@ -6,8 +6,11 @@ This module is the one place where the text formats of the paper's Sec. 3.4 are 
   image it belongs to, written with two decimals (``"[0.12, 0.30, 0.55, 0.80]"``);
 - a time segment is ``[t_start, t_end]`` in seconds, one decimal (``"[3.5, 7.0]"``).
 
-Formatting is for our own data and raises ``ValueError`` on an invalid box or segment. Parsing is for
-model output and never raises: anything malformed gives ``None``, which the metrics count as a miss.
+``validate_box`` is the one rule for a valid box, used by every caller in the project: our own data
+(here and in ``metrics``), model text (``parse_box``) and the serving API's requests, which differ only
+in how far past [0, 1] a value may lie and still be clamped. Formatting is for our own data and
+raises ``ValueError`` on an invalid box or segment. Parsing is for model output and never raises:
+anything malformed gives ``None``, which the metrics count as a miss.
 
 Decisions made here:
 
@@ -43,13 +46,33 @@ def _clamp01(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-def _as_box(box: Sequence[float]) -> tuple[float, float, float, float]:
-    """Validates a normalised box given by our own code; clamps it to [0, 1]."""
+def validate_box(box: object, *, tolerance: float = 0.0) -> tuple[float, float, float, float]:
+    """The one validity rule for a normalised box ``[x1, y1, x2, y2]``; returns it as four floats.
+
+    Raises ValueError, naming the box, when it is not a sequence of four real numbers, a value is
+    not finite, a value lies outside [0, 1] by more than ``tolerance``, or its corners are out of
+    order (``x1 > x2`` or ``y1 > y2``). A value outside [0, 1] by at most ``tolerance`` is clamped
+    to [0, 1] before the order is checked. A zero-width or zero-height box (``x1 == x2``) is valid:
+    a pixel box of one column normalises to it, and it covers nothing rather than being an error.
+
+    ``tolerance`` is 0 for boxes from outside (the serving API: exactly [0, 1]), half a printed
+    digit for model text (``parse_box``), and ``math.inf`` for our own boxes, whose values past
+    the image border are clamped to it.
+    """
+    if isinstance(box, str | bytes) or not hasattr(box, "__len__"):
+        raise ValueError(f"a box is a sequence of 4 numbers [x1, y1, x2, y2], got {box!r}")
     if len(box) != 4:
         raise ValueError(f"a box has 4 values [x1, y1, x2, y2], got {len(box)}: {box!r}")
-    values = [float(v) for v in box]
+    try:
+        if any(isinstance(v, str | bytes | bool) for v in box):
+            raise TypeError
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        raise ValueError(f"box values must be numbers, got {box!r}") from None
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"box has non-finite values: {box!r}")
+    if not all(-tolerance <= v <= 1.0 + tolerance for v in values):
+        raise ValueError(f"box values must be normalised to [0, 1]: {box!r}")
     x1, y1, x2, y2 = (_clamp01(v) for v in values)
     if x1 > x2 or y1 > y2:
         raise ValueError(f"box corners are out of order (need x1 <= x2 and y1 <= y2): {box!r}")
@@ -61,7 +84,7 @@ def format_box(box: Sequence[float]) -> str:
 
     Raises ValueError for a box without four finite values or with corners out of order.
     """
-    return "[" + ", ".join(f"{v:.2f}" for v in _as_box(box)) + "]"
+    return "[" + ", ".join(f"{v:.2f}" for v in validate_box(box, tolerance=math.inf)) + "]"
 
 
 def format_segment(seg: Sequence[float]) -> str:
@@ -101,12 +124,10 @@ def parse_box(text: str) -> tuple[float, float, float, float] | None:
     values = _first_number_group(text, 4)
     if values is None:
         return None
-    if not all(math.isfinite(v) and -_BOX_TOLERANCE <= v <= 1 + _BOX_TOLERANCE for v in values):
+    try:
+        return validate_box(values, tolerance=_BOX_TOLERANCE)
+    except ValueError:
         return None
-    x1, y1, x2, y2 = (_clamp01(v) for v in values)
-    if x1 > x2 or y1 > y2:
-        return None
-    return x1, y1, x2, y2
 
 
 def parse_segment(text: str) -> tuple[float, float] | None:
@@ -148,7 +169,7 @@ def box_to_mask(box: Sequence[float], grid: int | tuple[int, int]) -> np.ndarray
     centre ``((j + 0.5) / w, (i + 0.5) / h)`` lies inside the box; see the module docstring for
     boxes thinner than a cell. Raises ValueError for an invalid box or grid.
     """
-    x1, y1, x2, y2 = _as_box(box)
+    x1, y1, x2, y2 = validate_box(box, tolerance=math.inf)
     height, width = _grid_shape(grid)
     rows = _axis_cells(y1, y2, height)  # [h]
     cols = _axis_cells(x1, x2, width)  # [w]
@@ -196,7 +217,7 @@ def pixel_box_to_normalised(
     """
     _check_size(width, height)
     x1, y1, x2, y2 = (float(v) for v in box)
-    return _as_box((x1 / width, y1 / height, x2 / width, y2 / height))
+    return validate_box((x1 / width, y1 / height, x2 / width, y2 / height), tolerance=math.inf)
 
 
 def normalised_box_to_pixels(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -205,5 +226,5 @@ def normalised_box_to_pixels(box: Sequence[float], width: int, height: int) -> t
     Raises ValueError for a non-positive image size or an invalid box.
     """
     _check_size(width, height)
-    x1, y1, x2, y2 = _as_box(box)
+    x1, y1, x2, y2 = validate_box(box, tolerance=math.inf)
     return round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)

@@ -80,7 +80,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from meerkat_core.grounding import box_iou, parse_box, parse_segment
+from meerkat_core.grounding import box_iou, parse_box, parse_segment, validate_box
 from meerkat_core.prompts import parse_verdict
 
 Box = tuple[float, float, float, float]
@@ -129,21 +129,19 @@ def _pred_box(pred: object) -> Box | None:
     """A predicted box from text or numbers, clamped to [0, 1]; None when it is not a valid box."""
     if isinstance(pred, str):
         return parse_box(pred)
-    if not _is_numbers(pred, 4) or not all(math.isfinite(float(v)) for v in pred):
+    if not _is_numbers(pred, 4):
         return None
-    x1, y1, x2, y2 = (min(1.0, max(0.0, float(v))) for v in pred)
-    if x1 > x2 or y1 > y2:
+    try:
+        return validate_box(pred, tolerance=math.inf)
+    except ValueError:
         return None
-    return x1, y1, x2, y2
 
 
 def _gt_box(box: object) -> Box:
-    if not _is_numbers(box, 4) or not all(math.isfinite(float(v)) for v in box):
+    """A ground-truth box clamped to [0, 1]; raises ValueError when it is not a valid box."""
+    if not _is_numbers(box, 4):
         raise ValueError(f"a ground-truth box is four finite numbers [x1, y1, x2, y2], got {box!r}")
-    x1, y1, x2, y2 = (min(1.0, max(0.0, float(v))) for v in box)
-    if x1 > x2 or y1 > y2:
-        raise ValueError(f"ground-truth box corners are out of order: {box!r}")
-    return x1, y1, x2, y2
+    return validate_box(box, tolerance=math.inf)
 
 
 def _gt_annotators(gt: object) -> tuple[list[list[Box]], bool]:

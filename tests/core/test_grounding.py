@@ -16,6 +16,7 @@ from meerkat_core.grounding import (
     parse_box,
     parse_segment,
     pixel_box_to_normalised,
+    validate_box,
 )
 
 
@@ -33,6 +34,45 @@ def test_format_box_exact_strings():
 def test_format_box_rejects_invalid(box):
     with pytest.raises(ValueError):
         format_box(box)
+
+
+def test_validate_box_accepts_and_returns_floats():
+    assert validate_box([0, 0.25, 1, 1]) == (0.0, 0.25, 1.0, 1.0)
+    assert validate_box(np.array([0.1, 0.2, 0.3, 0.4], np.float32)) == pytest.approx((0.1, 0.2, 0.3, 0.4))
+    # A zero-width or zero-height box is valid: it covers nothing.
+    assert validate_box((0.3, 0.3, 0.3, 0.8)) == (0.3, 0.3, 0.3, 0.8)
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ((0.1, 0.2, 0.3), "4 values"),
+        ("0.1, 0.2, 0.3, 0.4", "sequence of 4 numbers"),
+        (0.5, "sequence of 4 numbers"),
+        (("0", 0, 1, 1), "numbers"),
+        ((True, 0, 1, 1), "numbers"),
+        ((math.nan, 0, 1, 1), "non-finite"),
+        ((0, 0, math.inf, 1), "non-finite"),
+        ((0, 0, 1.01, 1), r"\[0, 1\]"),
+        ((-0.001, 0, 1, 1), r"\[0, 1\]"),
+        ((0.5, 0, 0.4, 1), "out of order"),
+        ((0, 0.6, 1, 0.5), "out of order"),
+    ],
+)
+def test_validate_box_rejects_with_a_reason(box, message):
+    with pytest.raises(ValueError, match=message):
+        validate_box(box)
+
+
+def test_validate_box_tolerance_clamps_small_overshoot_only():
+    assert validate_box((-0.004, 0, 1.004, 1), tolerance=0.005) == (0.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        validate_box((0, 0, 1.006, 1), tolerance=0.005)
+    assert validate_box((-3, 0, 7, 1), tolerance=math.inf) == (0.0, 0.0, 1.0, 1.0)
+    # Clamping happens before the order check: both corners past the border collapse onto it.
+    assert validate_box((1.2, 0, 1.1, 1), tolerance=math.inf) == (1.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        validate_box((0, 0, math.inf, 1), tolerance=math.inf)
 
 
 def test_format_segment_exact_strings_and_errors():
