@@ -8,17 +8,17 @@ Stages (each a callable class or function, testable with a hand-made dict):
 
 1. **read + untar** (:func:`read_samples`, :func:`group_samples`, ``flat_map``): the shards listed
    in the split's ``manifest.json`` (all present, checked at start: :func:`check_shards`), read
-   whole (S3 through one reused client per process, or local), for ``epochs`` passes in one
+   whole (:func:`pipelines.storage.read_bytes`: S3 through the process's shared client, or local), for ``epochs`` passes in one
    stream. Untar (:func:`untar`) is webdataset's own tar iterator and key grouping, with a handler
    that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated tar makes it
    fail the whole read (checked with Ray 2.60), and the job with it; here the samples before the
    damage are kept and the damage is counted. A shard that cannot be read (after retries) is
    skipped and counted.
 2. **preprocess** (:func:`preprocess_batch`, ``map_batches`` as Ray tasks, over :class:`Preprocess`):
-   JSON parsing and contract check, task mixing, image/audio decoding and the model's
-   preprocessing and tokenization (:class:`meerkat_core.batching.SamplePreprocessor`, the same
-   code Serve runs), then lean rows (:func:`lean_media`). A sample with undecodable media or
-   missing fields is skipped and counted. Tasks, not an actor pool: Ray keeps its worker
+   :func:`pipelines.avfit.sample.decode_sample` (contract check, task mixing before any decoding,
+   image/audio decoding and the model's preprocessing and tokenization,
+   :class:`meerkat_core.batching.SamplePreprocessor`, the same code Serve runs), then lean rows
+   (:func:`lean_media`). A sample it rejects is skipped and counted under its reason. Tasks, not an actor pool: Ray keeps its worker
    processes between tasks and :func:`preprocess_batch` keeps one :class:`Preprocess` per
    process, so the torch + transformers imports and the tokenizer load are paid once per process.
 3. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest,
@@ -45,8 +45,9 @@ object store (:func:`lean_media`), about a quarter of the float32 row; the float
 model takes are made once, on the trainer's device, with the constants of
 :class:`meerkat_core.media.ImagePreprocessor` carried by each row (``pixel_norm``).
 
-Skips are counted by reason in a named Ray actor (:class:`SkipCounter`); the job reads
-:func:`skip_counts` and logs them.
+Skips are counted by reason (:data:`pipelines.avfit.sample.SKIP_REASONS`, plus ``corrupt_tar``
+and ``unreadable_shard`` here) in a named Ray actor (:class:`SkipCounter`) that every stage reports
+to (:func:`report_skips`); the job reads :func:`skip_counts` and logs them.
 
 Task mixing: ``task_weights`` gives the wanted share of each task in the stream. The shards'
 manifest says how many samples each task has; every sample of task t is kept with probability
@@ -65,7 +66,6 @@ counted by the caller (:func:`cached_batches`), not read from Ray's internals.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -86,10 +86,9 @@ from webdataset import tariterators
 
 from meerkat_core import batching
 from meerkat_core.config import ModelConfig, to_dict
-from meerkat_core.media import MediaError
 from meerkat_core.tokenizer import load_tokenizer
 from pipelines import storage
-from pipelines.avfit.sample import SampleError, validate_meta
+from pipelines.avfit.sample import CorruptSample, count_skip, decode_sample
 from pipelines.avfit.shards import read_manifest, shard_source, shard_uris
 from pipelines.mixing import task_keep_probs, thin_batch, unit_hash
 
@@ -175,8 +174,9 @@ def skip_counts() -> dict[str, int]:
     return ray.get(skip_counter().counts.remote())
 
 
-def _report(counts: Counter[str]) -> None:
-    """Send a stage's skip counts to the job's counter (a stage run outside Ray only logs them)."""
+def report_skips(counts: Counter[str]) -> None:
+    """Send a stage's skip counts (by reason, see :func:`pipelines.avfit.sample.count_skip`) to the
+    job's counter; a stage run outside Ray only logs them."""
     if not counts:
         return
     if not ray.is_initialized():  # ray.get_actor would start a local Ray just to find nothing
@@ -186,6 +186,10 @@ def _report(counts: Counter[str]) -> None:
         ray.get_actor(SKIP_COUNTER_NAME).add.remote(dict(counts))
     except (ValueError, RuntimeError):
         logger.warning("skipped samples (no job counter to report to): %s", dict(counts))
+
+
+# The name pipelines/evaluate.py imports today; report_skips is the public one.
+_report = report_skips
 
 
 def untar(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -217,7 +221,7 @@ def untar(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     except (tarfile.TarError, OSError, EOFError) as exc:  # a header cut short fails outside the handler
         handler(exc)
     finally:
-        _report(counts)
+        report_skips(counts)
 
 
 class Preprocess:
@@ -248,34 +252,28 @@ class Preprocess:
         self.with_answer = with_answer
         self.keep_meta = keep_meta
 
-    def _row(
-        self, key: str, jpg: Any, flac: Any, raw_json: Any, counts: Counter[str], epoch: int
-    ) -> dict[str, Any] | None:
+    def _wanted(self, meta: dict[str, Any], key: str, epoch: int) -> bool:
+        """The task-mixing draw: whether this epoch keeps the sample (decided before any decoding)."""
+        if self.keep_probs is None:
+            return True
+        p = self.keep_probs.get(meta["task"], 0.0)
+        return p >= 1.0 or unit_hash(self.seed, epoch, key) < p
+
+    def _row(self, sample: dict[str, Any], counts: Counter[str], epoch: int) -> dict[str, Any] | None:
+        key = sample["__key__"]
         try:
-            if raw_json is None:
-                raise SampleError("no json member")
-            meta = validate_meta(json.loads(raw_json))
-        except (SampleError, ValueError, TypeError) as exc:
-            counts["bad_json"] += 1
-            logger.warning("skipping %s: %s", key, exc)
+            decoded = decode_sample(
+                sample,
+                self.prep,
+                with_answer=self.with_answer,
+                wanted=lambda meta: self._wanted(meta, key, epoch),
+            )
+        except CorruptSample as exc:
+            count_skip(counts, key, exc)
             return None
-        if self.keep_probs is not None:
-            p = self.keep_probs.get(meta["task"], 0.0)
-            if p < 1.0 and unit_hash(self.seed, epoch, key) >= p:
-                return None
-        if jpg is None or flac is None:
-            counts["missing_media"] += 1
+        if decoded is None:
             return None
-        try:
-            row = self.prep(bytes(jpg), bytes(flac), meta, with_answer=self.with_answer)
-        except MediaError as exc:
-            counts["bad_media"] += 1
-            logger.warning("skipping %s: %s", key, exc)
-            return None
-        except ValueError as exc:
-            counts["bad_sample"] += 1
-            logger.warning("skipping %s: %s", key, exc)
-            return None
+        meta, row = decoded
         row.update(lean_media(row["pixel_values"], row["audio_features"], self.prep.image))
         row["__key__"] = key
         row["task"] = meta["task"]
@@ -293,11 +291,11 @@ class Preprocess:
         for i, (k, j, f, m, e) in enumerate(
             zip(batch["__key__"], batch["jpg"], batch["flac"], batch["json"], epochs, strict=True)
         ):
-            row = self._row(k, j, f, m, counts, int(e))
+            row = self._row({"__key__": k, "jpg": j, "flac": f, "json": m}, counts, int(e))
             if row is not None:
                 rows.append(row)
                 kept.append(i)
-        _report(counts)
+        report_skips(counts)
         out = _columns(rows)
         for name in POSITION_COLUMNS:  # where each row is in its rank's stream (resumption)
             if rows and name in batch:
@@ -448,20 +446,9 @@ READ_PROCESS_MEMORY = 400 * 1024**2
 (``tests/benchmarks/test_data_bench.py``), rounded up."""
 
 
-@functools.lru_cache(maxsize=4)
-def _s3_client(settings: storage.S3Settings) -> Any:
-    """One boto3 client per process and settings (clients are thread-safe; retries in their config)."""
-    return storage.boto3_client(settings)
-
-
 def read_shard(uri: str) -> bytes:
-    """The bytes of one shard: S3 through this process's reused client, or a local file."""
-    scheme, bucket, key = storage.parse_uri(uri)
-    if scheme == "file":
-        return storage.read_bytes(uri)
-    settings = storage.S3Settings.from_env()
-    with storage._s3_errors(uri, settings):
-        return _s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+    """The bytes of one shard (S3 through the process's shared client, or a local file)."""
+    return storage.read_bytes(uri)
 
 
 def _read_or_skip(uri: str) -> bytes | None:
@@ -473,7 +460,7 @@ def _read_or_skip(uri: str) -> bytes | None:
                 time.sleep(2**attempt)
                 continue
             logger.warning("shard %s cannot be read (%s); skipping it", uri, exc)
-            _report(Counter(unreadable_shard=1))
+            report_skips(Counter(unreadable_shard=1))
     return None
 
 

@@ -18,6 +18,9 @@ filesystem, so the rename is atomic), are fsynced, and ``os.replace`` gives them
 killed writer can leave a ``.<name>.*.tmp`` file behind but never a partial file under the real
 name (Ray Data skips names that start with ``.`` when it lists a directory).
 
+Clients: every S3 operation here goes through :func:`s3_client`, one boto3 client per process and
+settings, shared by the process's threads (shard readers, Serve's thread pool).
+
 Credentials never appear in reprs or in the errors raised here: S3 errors are re-raised as
 ``OSError``/``FileNotFoundError`` with any credential value masked. The ``pyarrow`` filesystem from
 ``pyarrow_fs`` pickles its keys (Ray ships it to workers that way); on clusters prefer the default
@@ -27,6 +30,7 @@ credential chain over keys in the environment.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -132,7 +136,10 @@ def pyarrow_fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 
 def boto3_client(settings: S3Settings | None = None):
-    """A boto3 S3 client configured from the environment (or from ``settings``)."""
+    """A new boto3 S3 client configured from the environment (or from ``settings``).
+
+    Every operation of this module goes through :func:`s3_client`, the process's shared one; a
+    new client is for code that must not share it (a server started in a test, say)."""
     import boto3
     from botocore.config import Config
 
@@ -148,6 +155,22 @@ def boto3_client(settings: S3Settings | None = None):
         s3={"addressing_style": "path"} if settings.endpoint_url else {},
     )
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+
+def s3_client(settings: S3Settings | None = None):
+    """This process's shared boto3 S3 client for ``settings`` (default: read from the environment).
+
+    One client per process and settings: making one builds a session and loads the service model,
+    which a shard reader would otherwise pay on every read. boto3 clients are thread-safe and
+    retry by their config, so the readers of one process share it. Settings are still read at call
+    time, so changed environment variables take effect (with a client of their own).
+    """
+    return _shared_client(settings or S3Settings.from_env())
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_client(settings: S3Settings):
+    return boto3_client(settings)
 
 
 @contextlib.contextmanager
@@ -179,7 +202,7 @@ def read_bytes(uri: str) -> bytes:
         return Path(key).read_bytes()
     settings = S3Settings.from_env()
     with _s3_errors(uri, settings):
-        return boto3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def open_input(uri: str) -> IO[bytes]:
@@ -199,7 +222,7 @@ def exists(uri: str) -> bool:
     settings = S3Settings.from_env()
     try:
         with _s3_errors(uri, settings):
-            boto3_client(settings).head_object(Bucket=bucket, Key=key)
+            s3_client(settings).head_object(Bucket=bucket, Key=key)
     except FileNotFoundError:
         return False
     return True
@@ -218,7 +241,7 @@ def list_prefix(uri: str) -> list[str]:
     settings = S3Settings.from_env()
     found = []
     with _s3_errors(uri, settings):
-        pages = boto3_client(settings).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = s3_client(settings).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
             found.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
     return sorted(found)
@@ -230,7 +253,7 @@ def atomic_write_bytes(uri: str, data: bytes) -> None:
     if scheme == "s3":
         settings = S3Settings.from_env()
         with _s3_errors(uri, settings):
-            boto3_client(settings).put_object(Bucket=bucket, Key=key, Body=data)
+            s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data)
         return
     with StagedFile(uri) as staged:
         staged.path.write_bytes(data)
@@ -294,7 +317,7 @@ def _upload(path: str, uri: str, bucket: str, key: str) -> None:
         multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_MULTIPART_THRESHOLD
     )
     with _s3_errors(uri, settings):
-        boto3_client(settings).upload_file(path, bucket, key, Config=config)
+        s3_client(settings).upload_file(path, bucket, key, Config=config)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -33,12 +33,30 @@ object's ``class`` and ``box`` and whether it ``sounds``), ``label_text`` (class
 ``annotator_boxes`` (arig: one list of boxes per annotator, where the benchmark scores against their
 consensus, Flickr-SoundNet), ``clip_id`` (igatl: the clip the rows of one video share, for the
 per-video LLP protocol).
+
+Reading a sample back from a shard is one function for every reader (training's data stream and
+evaluation): :func:`decode_sample` takes the untarred members (``__key__``, ``jpg``, ``flac``,
+``json``), checks the metadata against this contract, decodes and preprocesses the media, and
+raises :class:`CorruptSample` with one of :data:`SKIP_REASONS` for a sample that cannot be used.
+Readers skip such a sample and count it with :func:`count_skip`, so every job counts the same
+damage under the same names.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from meerkat_core.media import MediaError
+
+if TYPE_CHECKING:
+    from meerkat_core.batching import SamplePreprocessor
+
+logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("arig", "igatl", "avfact", "avqa", "avc")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -97,3 +115,77 @@ def validate_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY_RE.match(key):
         raise SampleError(f"sample key {key!r} must match {_KEY_RE.pattern}")
     return key
+
+
+SKIP_REASONS: dict[str, str] = {
+    "bad_json": "no json member, or metadata that is not JSON or breaks the contract",
+    "missing_media": "no jpg or no flac member",
+    "bad_media": "an image or audio member that does not decode",
+    "bad_sample": "metadata the preprocessor cannot use (e.g. a prompt longer than the text budget)",
+}
+"""Why a shard sample is skipped: the keys readers count under (:func:`count_skip`)."""
+
+
+class CorruptSample(Exception):
+    """A shard sample that cannot be used; ``reason`` is one of :data:`SKIP_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; expected one of {sorted(SKIP_REASONS)}")
+        super().__init__(detail)
+        self.reason = reason
+
+
+def read_meta(raw_json: bytes | str | None) -> dict[str, Any]:
+    """A shard sample's ``json`` member, parsed and checked against the contract.
+
+    Raises :class:`CorruptSample` (``bad_json``) when the member is missing, is not JSON or breaks
+    the contract.
+    """
+    if raw_json is None:
+        raise CorruptSample("bad_json", "no json member")
+    try:
+        return validate_meta(json.loads(raw_json))
+    except (SampleError, ValueError, TypeError) as exc:
+        raise CorruptSample("bad_json", str(exc)) from exc
+
+
+def decode_sample(
+    sample: Mapping[str, Any],
+    preprocess: SamplePreprocessor | Callable[..., dict[str, Any]],
+    *,
+    with_answer: bool = True,
+    wanted: Callable[[dict[str, Any]], bool] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """One untarred shard sample -> ``(meta, row)``: its checked metadata and its model row.
+
+    ``sample`` holds the members by extension (``jpg``, ``flac``, ``json``; a missing one is
+    None), as the shard readers untar them. ``preprocess`` is the model's
+    :class:`meerkat_core.batching.SamplePreprocessor` (or anything called the same way).
+    ``wanted(meta)`` False (task mixing, a task filter) returns None before any media is decoded:
+    such a sample is not damaged and is not counted.
+
+    Raises :class:`CorruptSample` with the reason: ``bad_json`` (:func:`read_meta`),
+    ``missing_media``, ``bad_media`` (a :class:`meerkat_core.media.MediaError`) or ``bad_sample``
+    (any other ``ValueError`` or ``TypeError`` from the preprocessor: metadata it cannot use).
+    """
+    meta = read_meta(sample.get("json"))
+    if wanted is not None and not wanted(meta):
+        return None
+    jpg, flac = sample.get("jpg"), sample.get("flac")
+    if jpg is None or flac is None:
+        missing = [name for name, member in (("jpg", jpg), ("flac", flac)) if member is None]
+        raise CorruptSample("missing_media", f"no {' or '.join(missing)} member")
+    try:
+        row = preprocess(bytes(jpg), bytes(flac), meta, with_answer=with_answer)
+    except MediaError as exc:
+        raise CorruptSample("bad_media", str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        raise CorruptSample("bad_sample", str(exc)) from exc
+    return meta, row
+
+
+def count_skip(counts: Counter[str], key: str, exc: CorruptSample) -> None:
+    """Count a skipped sample under its reason in ``counts`` and log why (one line per sample)."""
+    counts[exc.reason] += 1
+    logger.warning("skipping %s (%s): %s", key, exc.reason, exc)

@@ -165,3 +165,13 @@ def test_s3_errors_carry_no_credentials(s3_uri, monkeypatch):
         text = "".join(traceback.format_exception(err))
         assert SECRET not in text and ACCESS_KEY not in text
     assert "***" in str(missing.value)
+
+
+def test_s3_client_is_shared_per_process_and_settings(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    first = storage.s3_client()
+    assert storage.s3_client() is first
+    assert storage.s3_client(storage.S3Settings.from_env()) is first
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:10")
+    other = storage.s3_client()
+    assert other is not first and other.meta.endpoint_url == "http://127.0.0.1:10"
