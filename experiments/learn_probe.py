@@ -1,4 +1,4 @@
-"""Does the tiny Meerkat learn audio-visual grounding in a few CPU minutes?  (issue 4, "Learning")
+"""Does the tiny Meerkat learn audio-visual grounding in a few CPU minutes?
 
 In-process, no Ray:
 
@@ -7,15 +7,15 @@ In-process, no Ray:
    scenes of split "test" with exactly two objects (``min_objects=2``);
 2. preprocess every sample once with :class:`meerkat_core.batching.SamplePreprocessor` and run the
    FROZEN encoders once over the result, keeping their token states in memory (and in ``--cache``,
-   keyed by the encoder config, the seed and the data; the first run builds it, ~5 min on a busy
-   2-core machine): the encoders are frozen, deterministic and in eval mode, so this is the very
-   input AVACE sees at every step, at a third of the step's cost. The model then runs with
-   pass-through encoders; everything trainable (AVACE, projections, LoRA, lm_head) and every loss
-   term runs as in :class:`MeerkatModel`;
+   keyed by the encoder config, the seed and the data; the first run builds it): the encoders are
+   frozen, deterministic and in eval mode, so this is the very input AVACE sees at every step,
+   without the encoders' share of the step's cost. The model then runs with pass-through
+   encoders; everything trainable (AVACE, projections, LoRA, lm_head) and every loss term runs as
+   in :class:`MeerkatModel`;
 3. train with AdamW (linear warm-up, then cosine decay over the ``--minutes`` budget) on random
    mini-batches, bf16 autocast, one thread (``--threads``);
-4. evaluate by greedy ``model.generate`` on the test samples, parsed with ``grounding.parse_box``
-   and ``prompts.parse_verdict``: arig mean IoU (unparsable = 0), the fraction of arig answers whose
+4. evaluate by greedy generation (:func:`meerkat_core.generation.generate_answers`) on the test
+   samples, parsed with ``grounding.parse_box`` and ``prompts.parse_verdict``: arig mean IoU (unparsable = 0), the fraction of arig answers whose
    IoU with the sounding object's box beats their IoU with the other object's ("on sounding";
    chance is 0.5), avfact accuracy overall and per fact type, next to ``world.baselines``
    (random-object and mean-box IoU, majority class). Diagnostics: AVACE's map on the sounding
@@ -29,11 +29,6 @@ The tiny preset is trained with ``loss.number_label_sigma = 1.5`` (``--number-si
     .venv/bin/python experiments/learn_probe.py --minutes 5 --label no-AC --set loss.lambda_ac=0 --json-out runs/noac.json
     .venv/bin/python experiments/learn_probe.py --minutes 5 --label no-regions --set region_prompts=false --json-out runs/noreg.json
     .venv/bin/python experiments/learn_probe.py --table runs/*.json
-
-Measured (2026-11-26, this 2-core CPU, 1,100 steps of batch 16, 200 held-out two-object scenes;
-``--minutes 8 --max-steps 1100``): full 0.72 / 0.64 arig mIoU and 0.85 / 0.83 fact-check accuracy
-(seeds 0 / 1); without region prompts 0.70 and 0.53 (Types 1-3 at chance); without AC 0.14 and
-0.61; without OT 0.70 and 0.94. The majority class is 0.50.
 """
 
 from __future__ import annotations
@@ -54,7 +49,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meerkat_core import batching, grounding, media, prompts  # noqa: E402
+from meerkat_core import batching, generation, grounding, media, prompts  # noqa: E402
 from meerkat_core import config as cfgmod  # noqa: E402
 from meerkat_core.attention import MAP_BOX_POWER, map_box  # noqa: E402
 from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example  # noqa: E402
@@ -152,14 +147,13 @@ def _mask_for(meta, pp: SamplePreprocessor) -> np.ndarray:
     return grounding.boxes_to_mask(boxes, grid) if boxes else np.zeros((grid, grid), np.float32)
 
 
-def collate(rows, pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    # batching.collate over rows whose "pixel_values"/"audio_features" are the encoders' outputs
-    batch = batching.collate(
-        [{**r, "pixel_values": r["z_img"].numpy(), "audio_features": r["z_aud"].numpy()} for r in rows],
-        pad_id,
-        side=side,
-    )
-    return batch
+def encoded_rows(rows) -> list[dict]:
+    # rows whose "pixel_values"/"audio_features" are the encoders' outputs
+    return [{**r, "pixel_values": r["z_img"].numpy(), "audio_features": r["z_aud"].numpy()} for r in rows]
+
+
+def collate(rows, pad_id: int) -> dict[str, torch.Tensor]:
+    return batching.collate(encoded_rows(rows), pad_id)
 
 
 def load_or_prepare(path: Path | None, build):
@@ -179,7 +173,6 @@ def load_or_prepare(path: Path | None, build):
 @torch.no_grad()
 def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
     model.eval()
-    pad = model.tokenizer.pad_token_id
     res = {"arig": [], "avfact": []}
     maps_out: list[torch.Tensor] = []
     fact_maps: list[torch.Tensor] = []
@@ -187,9 +180,10 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         task_rows = [r for r in rows if r["meta"]["task"] == task]
         for i in range(0, len(task_rows), batch_size):
             chunk = task_rows[i : i + batch_size]
-            batch = collate(chunk, pad, side="left")
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                texts, maps = model.generate(batch, max_new_tokens=max_new, return_attention=True)
+                texts, maps = generation.generate_answers(
+                    model, encoded_rows(chunk), max_new_tokens=max_new, return_attention=True
+                )
             res[task] += list(zip(chunk, texts, strict=True))
             if task == "arig":
                 maps_out += list(maps.float())

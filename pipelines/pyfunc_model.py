@@ -7,8 +7,9 @@ model (a fresh virtualenv built from the model's own ``requirements.txt`` includ
 nothing but MLflow and ``meerkat_core``: no ``pipelines``, Ray or boto3.
 
 Input: rows of ``image`` and ``audio`` (base64 of the files' bytes: JPEG/PNG, WAV/FLAC) and
-``instruction``; output: one answer text per row. Parameter ``max_new_tokens`` (default 48).
-The model goes onto CUDA when torch sees a GPU, else the CPU.
+``instruction``; output: one answer text per row. Parameter ``max_new_tokens`` (default
+:data:`meerkat_core.generation.DEFAULT_MAX_NEW_TOKENS`); prompts, batching and generation are
+:mod:`meerkat_core.generation`'s. The model goes onto CUDA when torch sees a GPU, else the CPU.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class MeerkatPyfunc(PythonModel):
 
         import pandas as pd
 
-        from meerkat_core.batching import collate
+        from meerkat_core import generation
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = sorted({"image", "audio", "instruction"} - set(frame.columns))
@@ -48,18 +49,18 @@ class MeerkatPyfunc(PythonModel):
             )
         records = frame.to_dict("records")
         rows = [
-            self.prep(
+            generation.prompt_row(
+                self.prep,
                 base64.b64decode(r["image"]),
                 base64.b64decode(r["audio"]),
                 {"instruction": r["instruction"]},
-                with_answer=False,
             )
             for r in records
         ]
-        batch = collate(rows, self.model.tokenizer.pad_token_id, side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        max_new_tokens = int((params or {}).get("max_new_tokens", 48))
-        return self.model.generate(batch, max_new_tokens=max_new_tokens)
+        max_new_tokens = int((params or {}).get("max_new_tokens", generation.DEFAULT_MAX_NEW_TOKENS))
+        return generation.generate_answers(
+            self.model, rows, max_new_tokens=max_new_tokens, device=self.device
+        )
 
 
 mlflow.models.set_model(MeerkatPyfunc())

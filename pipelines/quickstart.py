@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from meerkat_core import batching
+from meerkat_core import batching, generation
 from meerkat_core.config import PRESETS
 from meerkat_core.model import build_model
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
@@ -49,12 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     model.eval()
     first = samples[0]["json"]
-    gen = batching.collate(
-        [prep(samples[0]["image"], samples[0]["audio"], first, with_answer=False)],
-        model.tokenizer.pad_token_id,
-        side="left",
-    )
-    (text,) = model.generate(gen, max_new_tokens=24)
+    row = generation.prompt_row(prep, samples[0]["image"], samples[0]["audio"], first)
+    (text,) = generation.generate_answers(model, [row], max_new_tokens=24)
     print(
         f"task:        {first['task']}\ninstruction: {first['instruction']}\nexpected:    {first['answer']}"
     )

@@ -10,6 +10,9 @@ pyfunc model and registers it; evaluation and Serve then load any of these with 
 * ``runs:/<run_id>/model`` — a logged model;
 * ``s3://bucket/.../checkpoint_xxx`` or a local directory — a Ray Train checkpoint or model dir.
 
+:func:`parse_model_ref` is the one reader of these references (which kind, and a registered
+model's name, version or alias); :func:`fetch_tokenizer` fetches a reference's tokenizer alone.
+
 The registered model is portable: ``mlflow.pyfunc.load_model("models:/...")`` works in a fresh
 virtualenv built from the model's own ``requirements.txt``. Decisions:
 
@@ -38,8 +41,9 @@ import io
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import mlflow
 import mlflow.pyfunc
@@ -48,7 +52,7 @@ import pyarrow.fs
 from packaging.version import Version
 
 import meerkat_core
-from meerkat_core import checkpoint
+from meerkat_core import checkpoint, generation
 from meerkat_core.model import MeerkatModel, load_model
 from pipelines import storage
 
@@ -79,6 +83,52 @@ CORE_REQUIREMENTS = (
 LOADER_REQUIREMENTS = ("mlflow-skinny", "pandas")
 """What ``mlflow.pyfunc.load_model`` and ``predict`` need beside the core."""
 EXAMPLE_INSTRUCTION = "Which object in the image is making the sound?"
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:")
+"""Reference prefixes that MLflow resolves (a registered model, a run's model, an artifact URI)."""
+
+RefKind = Literal["registry", "run", "mlflow-artifacts", "s3", "local"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model reference, parsed by :func:`parse_model_ref`."""
+
+    ref: str
+    """The reference as given."""
+    kind: RefKind
+    """``registry`` (``models:/``), ``run`` (``runs:/``), ``mlflow-artifacts``, ``s3`` or ``local``."""
+    body: str
+    """The reference after its scheme, without leading or trailing ``/`` (a local path: as given)."""
+    name: str | None = None
+    """A registered model's name."""
+    version: str | None = None
+    """A registered model's version: a number or ``latest`` (None with an alias)."""
+    alias: str | None = None
+    """A registered model's alias (``models:/<name>@<alias>``)."""
+
+    @property
+    def in_mlflow(self) -> bool:
+        """Whether MLflow resolves the reference (``models:/``, ``runs:/``, ``mlflow-artifacts:``)."""
+        return self.kind in ("registry", "run", "mlflow-artifacts")
+
+
+def parse_model_ref(ref: str) -> ModelRef:
+    """The kind of ``ref`` and, for ``models:/<name>/<version>`` or ``models:/<name>@<alias>``, its
+    name and version or alias. Never raises: a reference it cannot read is left to whatever opens it.
+    """
+    if ref.startswith("models:/"):
+        body = ref[len("models:/") :].strip("/")
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return ModelRef(ref, "registry", body, name=name, alias=alias)
+        name, _, version = body.rpartition("/")
+        if not name:  # ``models:/<name>``: no version
+            return ModelRef(ref, "registry", body, name=body)
+        return ModelRef(ref, "registry", body, name=name, version=version)
+    for scheme, kind in (("runs:/", "run"), ("mlflow-artifacts:", "mlflow-artifacts"), ("s3://", "s3")):
+        if ref.startswith(scheme):
+            return ModelRef(ref, kind, ref[len(scheme) :].strip("/"))
+    return ModelRef(ref, "local", ref)
 
 
 def pip_requirements() -> list[str]:
@@ -127,7 +177,7 @@ def signature() -> mlflow.models.ModelSignature:
             [ColSpec("string", "image"), ColSpec("string", "audio"), ColSpec("string", "instruction")]
         ),
         outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", 48)]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", generation.DEFAULT_MAX_NEW_TOKENS)]),
     )
 
 
@@ -220,12 +270,13 @@ def log_and_register(
 
 def resolve(ref: str, *, cache_dir: str | None = None) -> Path:
     """A local model directory for any supported reference (downloads MLflow/S3 artifacts)."""
-    if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:")):
+    parsed = parse_model_ref(ref)
+    if parsed.in_mlflow:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=ref, dst_path=cache_dir or tempfile.mkdtemp()
         )
         return find_model_dir(local)
-    if ref.startswith("s3://"):
+    if parsed.kind == "s3":
         fs, path = storage.pyarrow_fs(ref)
         local = Path(cache_dir or tempfile.mkdtemp())
         pyarrow.fs.copy_files(
@@ -251,17 +302,66 @@ def resolve_version(ref: str) -> str:
     ``mlflow.exceptions.MlflowException`` for an unknown name or alias, LookupError for a name
     without versions.
     """
-    if not ref.startswith("models:/"):
+    parsed = parse_model_ref(ref)
+    if parsed.kind != "registry" or (parsed.alias is None and parsed.version != "latest"):
         return ref
-    body = ref[len("models:/") :].strip("/")
+    name = parsed.name
     client = mlflow.MlflowClient()
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
-    name, _, version = body.rpartition("/")
-    if version != "latest":
-        return ref
+    if parsed.alias is not None:
+        return f"models:/{name}/{client.get_model_version_by_alias(name, parsed.alias).version}"
     found = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
     if not found:
         raise LookupError(f"registered model {name!r} has no versions")
     return f"models:/{name}/{found[0].version}"
+
+
+def fetch_tokenizer(model_ref: str, dst: str | Path) -> Path:
+    """The tokenizer directory of ``model_ref`` alone, copied under ``dst`` when it is remote.
+
+    A registered model or run (``models:/``, ``runs:/``, ``mlflow-artifacts:``) is a pyfunc model
+    whose ``MLmodel`` file names where its model directory lies (the :data:`PYFUNC_ARTIFACT`
+    artifact): that file and ``<directory>/tokenizer`` are downloaded, not the weights. An S3
+    checkpoint: the objects below the model directory's ``tokenizer/`` only (the model directory is
+    the shallowest folder holding ``config.json`` and ``tokenizer/``). A local directory is read in
+    place.
+    """
+    import yaml
+
+    dst = Path(dst)
+    parsed = parse_model_ref(model_ref)
+    if parsed.in_mlflow:
+        base = model_ref.rstrip("/")
+        mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=str(dst))
+        spec = yaml.safe_load(Path(mlmodel).read_text(encoding="utf-8")) or {}
+        try:
+            sub = spec["flavors"]["python_function"]["artifacts"][PYFUNC_ARTIFACT]["path"]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"{model_ref} is not a Meerkat pyfunc model: its MLmodel has no "
+                f"python_function artifact {PYFUNC_ARTIFACT!r}"
+            ) from None
+        uri = f"{base}/{sub.strip('/')}/{TOKENIZER_DIR}"
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst / "tokenizer_dl")))
+    if parsed.kind == "s3":
+        root = model_ref.rstrip("/")
+        keys = [uri[len(root) + 1 :] for uri in storage.list_prefix(root)]
+        homes = set()  # folders (relative, "" or ending in "/") holding tokenizer/ and config.json
+        for key in keys:
+            parts = key.split("/")
+            for i, part in enumerate(parts[:-1]):
+                home = "".join(f"{p}/" for p in parts[:i])
+                if part == TOKENIZER_DIR and f"{home}{checkpoint.CONFIG_FILE}" in keys:
+                    homes.add(home)
+        if not homes:
+            raise FileNotFoundError(
+                f"no model directory with {checkpoint.CONFIG_FILE} and {TOKENIZER_DIR}/ under {model_ref}"
+            )
+        prefix = min(homes, key=lambda h: (h.count("/"), h)) + f"{TOKENIZER_DIR}/"
+        out = dst / TOKENIZER_DIR
+        for key in keys:
+            if key.startswith(prefix):
+                target = out / key[len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(storage.read_bytes(f"{root}/{key}"))
+        return out
+    return find_model_dir(model_ref) / TOKENIZER_DIR

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from meerkat_core import generation
 from meerkat_core.config import TINY
 from meerkat_core.model import build_model
 from pipelines import registry
@@ -33,22 +34,20 @@ print(json.dumps({
 """
 
 
-def _batch(model, example) -> dict:
+def _answers(model, example, max_new_tokens: int) -> list[str]:
+    """What the model says to the rows of ``example``, through the core's generation path."""
     import base64
 
-    from meerkat_core.batching import SamplePreprocessor, collate
+    from meerkat_core.batching import SamplePreprocessor
 
     prep = SamplePreprocessor(model.config, model.tokenizer)
     rows = [
-        prep(
-            base64.b64decode(r["image"]),
-            base64.b64decode(r["audio"]),
-            {"instruction": r["instruction"]},
-            with_answer=False,
+        generation.prompt_row(
+            prep, base64.b64decode(r["image"]), base64.b64decode(r["audio"]), r["instruction"]
         )
         for r in example.to_dict("records")
     ]
-    return collate(rows, model.tokenizer.pad_token_id, side="left")
+    return generation.generate_answers(model, rows, max_new_tokens=max_new_tokens)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +77,106 @@ def test_the_models_from_code_file_is_the_one_registry_logs():
 
     assert registry.PYFUNC_MODEL_FILE == Path(pyfunc_model.__file__)
     assert registry.PYFUNC_ARTIFACT == pyfunc_model.ARTIFACT
+
+
+def test_the_pyfunc_answers_as_the_core_generation_path(model_dir: Path):
+    """The pyfunc's ``predict``, in this process without MLflow's loader: the input example's answer
+    is the model's own through :mod:`meerkat_core.generation`."""
+    from types import SimpleNamespace
+
+    from meerkat_core.model import load_model
+    from pipelines import pyfunc_model
+
+    pyfunc = pyfunc_model.MeerkatPyfunc()
+    pyfunc.load_context(SimpleNamespace(artifacts={pyfunc_model.ARTIFACT: str(model_dir)}))
+    example = registry.input_example()
+    answers = pyfunc.predict(None, example, params={"max_new_tokens": 8})
+    assert len(answers) == 1 and isinstance(answers[0], str)
+    assert answers == _answers(load_model(model_dir), example, 8)
+    with pytest.raises(ValueError, match="missing"):
+        pyfunc.predict(None, example.drop(columns=["audio"]))
+
+
+@pytest.mark.parametrize(
+    ("ref", "kind", "body", "name", "version", "alias"),
+    [
+        ("models:/meerkat-tiny/3", "registry", "meerkat-tiny/3", "meerkat-tiny", "3", None),
+        ("models:/meerkat-tiny/latest/", "registry", "meerkat-tiny/latest", "meerkat-tiny", "latest", None),
+        ("models:/meerkat-tiny@prod", "registry", "meerkat-tiny@prod", "meerkat-tiny", None, "prod"),
+        ("models:/meerkat-tiny", "registry", "meerkat-tiny", "meerkat-tiny", None, None),
+        ("runs:/abc123/model", "run", "abc123/model", None, None, None),
+        (
+            "mlflow-artifacts:/1/abc/artifacts/model",
+            "mlflow-artifacts",
+            "1/abc/artifacts/model",
+            None,
+            None,
+            None,
+        ),
+        ("s3://bucket/runs/checkpoint_000004/", "s3", "bucket/runs/checkpoint_000004", None, None, None),
+        ("/tmp/models/tiny", "local", "/tmp/models/tiny", None, None, None),
+    ],
+)
+def test_parse_model_ref(ref, kind, body, name, version, alias):
+    parsed = registry.parse_model_ref(ref)
+    assert (parsed.ref, parsed.kind, parsed.body) == (ref, kind, body)
+    assert (parsed.name, parsed.version, parsed.alias) == (name, version, alias)
+    assert parsed.in_mlflow == (kind in ("registry", "run", "mlflow-artifacts"))
+
+
+def test_resolve_version_leaves_fixed_references_alone():
+    for ref in ("models:/m/3", "models:/m", "runs:/abc/model", "s3://b/run", "/tmp/m"):
+        assert registry.resolve_version(ref) == ref
+
+
+def test_fetch_tokenizer_downloads_the_tokenizer_not_the_model(model_dir: Path, tmp_path: Path, monkeypatch):
+    """A registered pyfunc model (the MLmodel's ``meerkat`` artifact), an S3 training checkpoint and
+    a local directory: only the tokenizer's files (and the MLmodel file) arrive."""
+    import shutil
+
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from pipelines import storage
+
+    expected = AutoTokenizer.from_pretrained(model_dir / registry.TOKENIZER_DIR).get_vocab()
+    tokenizer_files = {p.name for p in (model_dir / registry.TOKENIZER_DIR).rglob("*") if p.is_file()}
+    assert registry.fetch_tokenizer(str(model_dir), tmp_path / "local") == model_dir / registry.TOKENIZER_DIR
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("fetch", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        version = registry.log_and_register(model_dir, registered_name="fetch-tok")
+    got = registry.fetch_tokenizer(f"models:/fetch-tok/{version}", tmp_path / "dl")
+    assert AutoTokenizer.from_pretrained(got).get_vocab() == expected
+    arrived = {p.name for p in (tmp_path / "dl").rglob("*") if p.is_file()}
+    assert arrived == tokenizer_files | {"MLmodel"}, arrived
+
+    # An S3 checkpoint: a Ray Train checkpoint folder holding the model directory.
+    bucket = tmp_path / "bucket"
+    shutil.copytree(model_dir, bucket / "run" / "checkpoint_000001" / "model")
+    (bucket / "run" / "notes").mkdir()
+    (bucket / "run" / "notes" / "tokenizer.txt").write_text("not a tokenizer")
+    read = []
+
+    def list_prefix(uri):
+        return [
+            f"s3://b/{p.relative_to(bucket)}"
+            for p in sorted((bucket / uri[len("s3://b/") :]).rglob("*"))
+            if p.is_file()
+        ]
+
+    def read_bytes(uri):
+        read.append(uri)
+        return (bucket / uri[len("s3://b/") :]).read_bytes()
+
+    monkeypatch.setattr(storage, "list_prefix", list_prefix)
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    got = registry.fetch_tokenizer("s3://b/run", tmp_path / "s3dl")
+    assert AutoTokenizer.from_pretrained(got).get_vocab() == expected
+    assert {u.rsplit("/", 1)[-1] for u in read} == tokenizer_files
+    assert all("/checkpoint_000001/model/tokenizer/" in u for u in read)
 
 
 def test_requirements_are_pinned_and_name_no_unpublished_package():
@@ -122,7 +221,7 @@ def test_registered_model_loads_in_a_fresh_virtualenv(
     # evaluation and Serve load the same registered model through registry.load
     loaded = registry.load(uri)
     assert loaded.config == TINY
-    assert loaded.generate(_batch(loaded, example), max_new_tokens=8) == expected
+    assert _answers(loaded, example, 8) == expected
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri))
     lines = [ln for ln in requirements.read_text().splitlines() if ln.strip()]
     assert lines == registry.pip_requirements(), lines
