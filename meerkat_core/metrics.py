@@ -56,7 +56,7 @@ Decisions made here, where the literature leaves room:
 - **Fact-checking (Table 5)**: positive class True. An unparseable verdict is always wrong: for a
   True label it is a false negative, for a False label a false positive. Treating it as a
   prediction of False would credit a model that babbles on every negative sample.
-- **AVQA (Table 6)**: exact match after ``normalize_answer`` (the VQA evaluation's normalisation:
+- **AVQA (Table 6)**: exact match after ``normalise_answer`` (the VQA evaluation's normalisation:
   lowercase, punctuation and the articles a/an/the removed, number words zero..twenty written as
   digits). When the reference is ``yes`` or ``no``, the prediction's first word decides ("Yes, it
   is." is right); there is no synonym list (``yeah``, ``nope``), because such lists are open-ended
@@ -90,7 +90,7 @@ T = TypeVar("T", bound=Hashable)
 # Slack on interval comparisons, in seconds or IoU units; see the module docstring.
 _EPS = 1e-9
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
-_DEFAULT_THRESHOLDS = np.arange(0, 1.0001, 0.05)  # 0, 0.05, ..., 1.0 as in EZ-VSL
+SUCCESS_THRESHOLDS = np.arange(0, 1.0001, 0.05)  # 0, 0.05, ..., 1.0 as in EZ-VSL
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -199,11 +199,34 @@ def sample_ciou(pred: object, gt: object, image_size: int = 224) -> float:
     return float((pred_map * gt_map).sum() / denominator) if denominator > 0 else 0.0
 
 
+def success_rates(
+    cious: Sequence[float] | np.ndarray, thresholds: Sequence[float] | np.ndarray = SUCCESS_THRESHOLDS
+) -> np.ndarray:
+    """[T] the success-rate curve: the fraction of samples with cIoU >= t for each threshold t.
+
+    Raises ValueError for no samples (the curve is undefined).
+    """
+    values = np.asarray(cious, dtype=float)  # [N]
+    if values.size == 0:
+        raise ValueError("a success-rate curve needs at least one cIoU value")
+    t = np.asarray(thresholds, dtype=float)  # [T]
+    return (values[None, :] >= t[:, None]).mean(axis=1)
+
+
+def success_auc(
+    cious: Sequence[float] | np.ndarray, thresholds: Sequence[float] | np.ndarray = SUCCESS_THRESHOLDS
+) -> float:
+    """The area under the success-rate curve over ``thresholds`` (ascending) by the trapezoid rule,
+    as ``sklearn.metrics.auc`` computes it in EZ-VSL's evaluation. Raises ValueError for no samples."""
+    t = np.asarray(thresholds, dtype=float)  # [T]
+    return float(np.trapezoid(success_rates(cious, t), t))
+
+
 def localization_scores(
     pred_boxes: Sequence[object],
     gt_boxes: Sequence[object],
     image_size: int = 224,
-    thresholds: Sequence[float] | np.ndarray = _DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | np.ndarray = SUCCESS_THRESHOLDS,
 ) -> dict[str, float]:
     """Sound-source localisation scores over samples: ``ciou``, ``auc``, ``mean_ciou``, ``n``, ``n_unparsed``.
 
@@ -217,11 +240,9 @@ def localization_scores(
     if n == 0:
         return {"ciou": math.nan, "auc": math.nan, "mean_ciou": math.nan, "n": 0, "n_unparsed": 0}
     t = np.asarray(thresholds, dtype=float)  # [T]
-    success = (cious[None, :] >= t[:, None]).mean(axis=1)  # [T]
-    auc = float(np.sum((t[1:] - t[:-1]) * (success[1:] + success[:-1]) / 2))
     return {
         "ciou": float(np.mean(cious >= 0.5)),
-        "auc": auc,
+        "auc": success_auc(cious, t),
         "mean_ciou": float(cious.mean()),
         "n": n,
         "n_unparsed": n_unparsed,
@@ -566,7 +587,7 @@ _PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")
 _POLAR = frozenset({"yes", "no"})
 
 
-def normalize_answer(text: str) -> str:
+def normalise_answer(text: str) -> str:
     """Lowercase; apostrophes and thousands separators dropped, other punctuation (but a decimal
     point) to spaces; articles removed; number words zero..twenty as digits."""
     text = _THOUSANDS.sub("", text.lower().replace("'", "").replace("\u2019", ""))
@@ -575,10 +596,10 @@ def normalize_answer(text: str) -> str:
 
 
 def answer_matches(pred: object, answer: str) -> bool:
-    """Whether a predicted answer matches the reference under ``normalize_answer`` (see module docstring)."""
+    """Whether a predicted answer matches the reference under ``normalise_answer`` (see module docstring)."""
     if not isinstance(pred, str):
         return False
-    pred_norm, answer_norm = normalize_answer(pred), normalize_answer(answer)
+    pred_norm, answer_norm = normalise_answer(pred), normalise_answer(answer)
     if answer_norm in _POLAR:
         return pred_norm.split(" ", 1)[0] == answer_norm
     return pred_norm == answer_norm

@@ -7,6 +7,7 @@ Localisation cases use ``image_size=10`` so that pixel counts can be done by han
 import math
 import random
 
+import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -25,10 +26,12 @@ from meerkat_core.metrics import (
     localization_scores,
     majority_baseline,
     mean_box_iou,
-    normalize_answer,
+    normalise_answer,
     random_segment,
     sample_ciou,
     segment_f1,
+    success_auc,
+    success_rates,
     whole_clip_segment,
 )
 
@@ -97,6 +100,18 @@ def test_localization_scores_hand_computed():
     assert scores["auc"] == pytest.approx(0.45625, abs=1e-12)
     assert scores["mean_ciou"] == pytest.approx(1.75 / 4)
     assert (scores["n"], scores["n_unparsed"]) == (4, 1)
+
+
+def test_success_curve_and_its_auc_by_hand():
+    # cIoUs 1, 0.5, 0, 0.25 as above: the same curve and area as localization_scores reports
+    cious = [1.0, 0.5, 0.0, 0.25]
+    np.testing.assert_allclose(success_rates(cious, [0.0, 0.25, 0.5, 0.75]), [1.0, 0.75, 0.5, 0.25])
+    assert success_auc(cious) == pytest.approx(0.45625, abs=1e-12)
+    # the trapezoid rule on uneven thresholds: (1 + 0.75) / 2 * 0.25 + (0.75 + 0.25) / 2 * 0.75
+    assert success_auc(cious, [0.0, 0.25, 1.0]) == pytest.approx(0.59375)
+    assert success_auc([1.0, 1.0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        success_rates([])
 
 
 def test_localization_scores_perfect_and_empty():
@@ -343,8 +358,8 @@ def test_factcheck_rejects_bad_labels_and_types():
         ("  left-hand   side ", "left hand side"),
     ],
 )
-def test_normalize_answer(text, normalised):
-    assert normalize_answer(text) == normalised
+def test_normalise_answer(text, normalised):
+    assert normalise_answer(text) == normalised
 
 
 def test_answer_matches():
