@@ -16,8 +16,8 @@ from meerkat_core.metrics import localization_scores, sample_ciou
 from pipelines import report
 from pipelines.report import PAPER_REFERENCE
 
-RED = tuple(round(255 * c) for c in to_rgb(report._PRED_COLOUR))
-GREEN = to_rgb(report._GT_COLOUR)
+RED = tuple(round(255 * c) for c in to_rgb(report.figures.PRED_COLOUR))
+GREEN = to_rgb(report.figures.GT_COLOUR)
 
 
 def _table(markdown: str, title_prefix: str) -> list[dict[str, str]]:
@@ -327,7 +327,7 @@ def test_grounding_figure_draws_the_prediction_in_red_where_it_is():
     fig = report.grounding_figure(items, cols=4)
     ax, ax_none = fig.axes[:2]
     (red,) = [p for p in ax.patches if p.get_linestyle() == "--"]
-    assert red.get_edgecolor()[:3] == pytest.approx(to_rgb(report._PRED_COLOUR))
+    assert red.get_edgecolor()[:3] == pytest.approx(to_rgb(report.figures.PRED_COLOUR))
     assert (red.get_x(), red.get_y(), red.get_width(), red.get_height()) == pytest.approx((32, 36, 64, 48))
     (green,) = [p for p in ax.patches if p.get_linestyle() == "-"]
     assert green.get_edgecolor()[:3] == pytest.approx(GREEN)
@@ -389,7 +389,7 @@ def test_segments_figure_draws_each_window():
     ]
     fig = report.segments_figure(items, sample_rate=rate)
     wave_ax, spec_ax, wave_ax2, _ = fig.axes
-    red = to_rgb(report._PRED_COLOUR)
+    red = to_rgb(report.figures.PRED_COLOUR)
     assert _spans(wave_ax, GREEN) == [(1.0, 2.0)]
     assert _spans(wave_ax, red) == [(0.9, 2.1), (3.0, 3.5)]
     assert _spans(wave_ax2, GREEN) == [(0.0, 1.0), (2.5, 4.0)]
