@@ -188,10 +188,6 @@ def report_skips(counts: Counter[str]) -> None:
         logger.warning("skipped samples (no job counter to report to): %s", dict(counts))
 
 
-# The name pipelines/evaluate.py imports today; report_skips is the public one.
-_report = report_skips
-
-
 def untar(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """``flat_map`` stage: one tar (``{"bytes", "path"}``) -> its samples as ``{"__key__", "jpg", "flac", "json"}``."""
     counts: Counter[str] = Counter()

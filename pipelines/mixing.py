@@ -1,7 +1,8 @@
-"""Task mixing: which samples of each task an epoch keeps (numpy and hashlib only).
+"""Task mixing: which samples of each task an epoch keeps, and how evenly a stream mixes.
 
-Kept apart from :mod:`pipelines.data` (numpy and hashlib only): the window-mix measure
-(:func:`window_tvd`) and the draw (:func:`thin_batch`) run without torch or Ray.
+Kept apart from :mod:`pipelines.data`, with numpy and hashlib only, so that the draw
+(:func:`unit_hash`, :func:`thin_batch`) and the window-mix measure (:func:`window_tvd`) run without
+torch or Ray.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def task_keep_probs(task_counts: Mapping[str, int], weights: Mapping[str, float]
 
 
 def unit_hash(*parts: object) -> float:
+    """A number in [0, 1) fixed by ``parts`` (e.g. seed, epoch, key): the reproducible keep draw."""
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 

@@ -59,15 +59,6 @@ def test_untar_keeps_samples_before_the_damage():
     assert samples[2]["__key__"] not in keys
 
 
-def test_task_keep_probs_hand_case():
-    probs = data.task_keep_probs({"arig": 100, "avqa": 50, "avc": 10}, {"arig": 1, "avqa": 1, "avc": 0})
-    # rates 1/100, 1/50, 0: avqa is the scarcest per unit weight and is read in full
-    assert probs == pytest.approx({"arig": 0.5, "avqa": 1.0, "avc": 0.0})
-    assert data.task_keep_probs({"arig": 3}, {}) == {"arig": 1.0}
-    with pytest.raises(ValueError):
-        data.task_keep_probs({"arig": 3}, {"avc": 1.0})
-
-
 def _batch(samples: list[dict], json_override: dict[int, bytes] | None = None) -> dict[str, np.ndarray]:
     def col(values):
         arr = np.empty(len(values), dtype=object)
@@ -175,7 +166,9 @@ def test_cached_epochs_draw_what_the_stream_draws(ray_local, s3_uri):
     keep = data.keep_probs(cfg)
     cached = {}
     for epoch in range(2):
-        batches = data.cached_batches(ds.iter_batches(batch_size=3), keep=keep, seed=0, epoch=epoch, batch_size=1)
+        batches = data.cached_batches(
+            ds.iter_batches(batch_size=3), keep=keep, seed=0, epoch=epoch, batch_size=1
+        )
         cached[epoch] = {str(b["__key__"][0]) for b in batches}
     assert cached == _by_epoch(data.build_dataset(cfg, TINY, None, epochs=2).iter_rows())
     assert cached[0] != cached[1]

@@ -134,9 +134,3 @@ def test_read_time_mixing_evens_out_sources(tmp_path):
     # epoch and mix_shards shards interleaved per read task
     print(f"worst 256-window source TVD: before {tvd['before']:.3f}, after {tvd['after']:.3f}")
     assert tvd["after"] < 0.5 * tvd["before"] and tvd["after"] < 0.2
-
-
-def test_window_tvd_hand_case():
-    assert mixing.window_tvd(list("aabb"), {"a": 1, "b": 1}, 2) == pytest.approx(0.5)
-    assert mixing.window_tvd(list("abab"), {"a": 1, "b": 1}, 2) == pytest.approx(0.0)
-    assert mixing.total_variation({"a": 3, "b": 1}, {"a": 0.5, "b": 0.5}) == pytest.approx(0.25)
