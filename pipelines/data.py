@@ -552,7 +552,8 @@ def raw_stream(
 ) -> Iterator[dict[str, Any]]:
     """``rank``'s samples of ``epoch`` in stream order, metadata only, in this process (no Ray, no
     decoding): what :func:`read_samples` feeds preprocessing, for measuring the stream's mix.
-    ``stratify=False``: shards in a plain seeded shuffle (how the stream was read before)."""
+    ``stratify=False``: shards in a plain seeded shuffle, the reference the stratified order is
+    measured against."""
     groups = rank_groups(
         shard_uris(uri),
         seed=seed,

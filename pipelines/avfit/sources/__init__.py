@@ -1,7 +1,7 @@
 """Converters from the public datasets of the paper's Table 2 to AVFIT samples.
 
 Each source module reads one dataset's annotation files as distributed (quirks included, see the
-module docstrings and ``../shared/DATASETS.md``) and exposes::
+module docstrings) and exposes::
 
     iter_samples(root, split, *, seed=0, stats=None) -> Iterator[sample]
 

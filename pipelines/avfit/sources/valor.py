@@ -9,7 +9,7 @@ which have no canonical local name)::
 
 ``video_id`` is ``<ytid>_<start>_<end>`` with 3-decimal seconds (``CEfOX4fYlsY_20.000_30.000``); its
 dots are not allowed in sample keys and become ``_``. The clip length ``end - start`` is stored as
-``duration``: about 1.3% of clips are shorter than 10 s and a few start at fractional seconds. The
+``duration``: some clips are shorter than 10 s and a few start at fractional seconds. The
 VAST redistribution (``descs_cap_*.json``) adds a ``subtitle`` key, which is ignored. Each clip has
 one caption, which is both the answer and the only reference.
 """
