@@ -1,6 +1,15 @@
 """Job configuration: YAML files under ``pipelines/configs/`` plus dotted command-line overrides.
 
-    cfg = load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", ["train.lr=1e-4", "model.loss.lambda_ot=0"])
+    cfg = load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", ["optim.lr=1e-4", "model.loss.lambda_ot=0"])
+
+Every job (``build_avfit``, ``train``, ``evaluate``, ``ablate``, ``infra.demo``) is run the same
+way: a typed config and a plain function taking it (``train.run(cfg)``, ``evaluate.run(cfg)``,
+...), and a ``main(argv)`` that reads the config from its command line with :func:`from_argv`::
+
+    python -m pipelines.<job> [--config FILE] [a.b.c=value ...]
+
+This module is the one owner of that command line and of the overrides' syntax; jobs that compose
+(the ablation, the demo) build configs and call the functions, never each other's command lines.
 
 Each job declares its config as a tree of frozen dataclasses (fields documented where declared);
 :func:`load_config` reads the YAML, applies ``a.b.c=value`` overrides (the value parsed as YAML, so
@@ -15,9 +24,11 @@ overridden (``model.loss.lambda_ac=0``); :func:`resolve_model` turns it into a `
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,13 +76,43 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_value(raw)
     return out
+
+
+# Numbers in exponent form without a dot ("1e-4"), which YAML 1.1 (PyYAML) reads as strings.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_value(raw: str) -> Any:
+    """An override's value: YAML (``true``, ``null``, ``[1, 2]``, ``{a: 1}``), with ``1e-4`` a number."""
+    if _EXPONENT_FLOAT.fullmatch(raw.strip()):  # unquoted: a quoted '1e-4' stays a string
+        return float(raw)
+    return yaml.safe_load(raw)
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     data = read_yaml(path) if path else {}
     return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+def from_argv(
+    cls: type[T], argv: list[str] | None, *, default_config: str | Path | None = None, description: str = ""
+) -> T:
+    """A job's config from its command line: ``[--config FILE] [a.b.c=value ...]``.
+
+    ``FILE`` defaults to ``default_config`` (no file: the dataclass defaults); the overrides are
+    applied in order, as :func:`load_config` does.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--config",
+        default=default_config,
+        help=f"YAML config (pipelines/configs/); default: {default_config or 'none, the built-in defaults'}",
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted overrides a.b.c=value (values parsed as YAML)")
+    args = parser.parse_args(argv)
+    return load_config(cls, args.config, args.overrides)
 
 
 def resolve_model(spec: dict[str, Any]) -> ModelConfig:

@@ -35,14 +35,13 @@ and at the end the model, logged as a pyfunc and registered (``mlflow.register_a
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +104,8 @@ class MLflowSpec:
     experiment: str = "meerkat"
     register_as: str | None = "meerkat-tiny"
     """Registered model name; ``None`` logs the model without registering it."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Further tags of the MLflow run (the ablation tags its runs with its id and variant)."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,6 @@ class TrainJobConfig:
     trace_dir: str | None = None
     """A directory on the workers' filesystem where each rank appends, per micro-batch, the keys of
     the samples it trains on (``rank<k>.jsonl``: attempt, step, keys); for audits and tests."""
-    fail_at_step: int | None = None
-    """Testing only: rank 1 SIGKILLs its own process at this step (first attempt only), after
-    three of the controller's polls, so that the checkpoint reported before it is registered."""
 
     def __post_init__(self) -> None:
         per_step = self.optim.batch_size * self.scaling.num_workers
@@ -285,23 +283,6 @@ def _trace(cfg: TrainJobConfig, rank: int, state: dict[str, Any], keys: list[str
         f.write(json.dumps(record) + "\n")
 
 
-def _maybe_fail(cfg: TrainJobConfig, rank: int, state: dict[str, Any]) -> None:
-    """Testing only (``fail_at_step``): rank 1 SIGKILLs its own process, first attempt only.
-
-    Ray Train's controller collects reports (and registers checkpoints) when it polls the workers;
-    a crash within one poll of a report can lose that checkpoint. Wait out three polls, so the test
-    is of resuming from the latest registered one.
-    """
-    if cfg.fail_at_step is None or state["step"] != cfg.fail_at_step or rank != 1 or state["attempt"]:
-        return
-    delay = 3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
-    logger.error(
-        "fail_at_step=%d: rank 1 kills itself in %.0f s (fault-tolerance test)", state["step"], delay
-    )
-    time.sleep(delay)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _resume_position(state: dict[str, Any], rank: int, world: int) -> dict[str, int] | None:
     """Where this rank's stream resumes: the checkpoint's position of this rank (``streams``).
 
@@ -406,14 +387,36 @@ def _batches(cfg: TrainJobConfig, loop_config: dict[str, Any], collate, rank: in
         position = {"epoch": current + 1, "group": 0, "index": 0}
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The recipe every Ray Train worker runs: set up, restore, then step / log / checkpoint."""
-    import mlflow
+AfterStep = Callable[[int, dict[str, Any]], None]
+"""``after_step(rank, state)``: called on every worker after each optimizer step (``state["step"]``
+the step just taken, ``state["attempt"]`` 0 on the first attempt). Production runs install none;
+the tests install one to inject faults (a worker that SIGKILLs itself mid-run)."""
+
+
+@dataclass
+class _Worker:
+    """What one worker's loop holds between its functions."""
+
+    cfg: TrainJobConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: Any
+    """The :class:`MeerkatModel` (sharded in place under FSDP); checkpoints read and write it."""
+    wrapped: Any
+    """What the loop calls: the DDP wrapper under DDP, the model itself under FSDP."""
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: Any
+    state: dict[str, Any]
+    """Step, epoch, batch in the epoch, stream position, attempt: what a checkpoint keeps."""
+    resumed: bool
+
+
+def _setup(loop_config: dict[str, Any]) -> _Worker:
+    """Seed, build the model and optimizer, and restore the run's latest checkpoint if there is one."""
     import ray.train
     import ray.train.torch
-
-    from meerkat_core import parallel
-    from pipelines.data import MeerkatCollate, skip_counts
 
     cfg = from_dict(TrainJobConfig, loop_config["job"])
     model_cfg = from_dict(ModelConfig, loop_config["model"])
@@ -423,7 +426,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     model, wrapped = _setup_model(cfg, model_cfg, device)
     params, opt, sched = _setup_optimizer(cfg, model)
-
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "seed": cfg.seed, "pretrained": cfg.pretrained}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -435,57 +437,98 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )  # fmt: skip
     state["attempt"] = state.get("attempt", -1) + 1 if checkpoint is not None else 0
     state.update(world_size=world, strategy=cfg.scaling.strategy)
+    return _Worker(
+        cfg, rank, world, device, model, wrapped, params, opt, sched, state, checkpoint is not None
+    )
 
-    nodes = [None] * world
+
+def _start_tracking(w: _Worker, loop_config: dict[str, Any]) -> None:
+    """Collective: rank 0 joins the run's MLflow run and logs where the workers run, the share of
+    the frozen base each holds, and (on a restart) the step the run picked up at."""
+    import mlflow
+    import ray
+
+    from meerkat_core import parallel
+
+    nodes = [None] * w.world
     torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    held = parallel.shard_fraction(model, frozen=True)
-    fractions = [0.0] * world
-    torch.distributed.all_gather_object(fractions, held)
-    if rank == 0:
-        mlflow.set_tracking_uri(loop_config["tracking_uri"])
-        mlflow.start_run(run_id=loop_config["mlflow_run_id"])
-        mlflow.set_tag("meerkat.worker_nodes", ",".join(nodes))
-        mlflow.log_metrics({f"train/frozen_shard_fraction/rank{r}": f for r, f in enumerate(fractions)})
-        print(f"frozen parameters held per rank: {[round(f, 4) for f in fractions]}", flush=True)
-        if checkpoint is not None:  # one point per restart: where the run picked up again
-            mlflow.log_metric("train/resumed_at_step", state["step"], step=state["step"])
+    fractions = [0.0] * w.world
+    torch.distributed.all_gather_object(fractions, parallel.shard_fraction(w.model, frozen=True))
+    if w.rank != 0:
+        return
+    mlflow.set_tracking_uri(loop_config["tracking_uri"])
+    mlflow.start_run(run_id=loop_config["mlflow_run_id"])
+    mlflow.set_tag("meerkat.worker_nodes", ",".join(nodes))
+    mlflow.log_metrics({f"train/frozen_shard_fraction/rank{r}": f for r, f in enumerate(fractions)})
+    print(f"frozen parameters held per rank: {[round(f, 4) for f in fractions]}", flush=True)
+    if w.resumed:  # one point per restart: where the run picked up again
+        mlflow.log_metric("train/resumed_at_step", w.state["step"], step=w.state["step"])
 
-    collate = MeerkatCollate(model.tokenizer.pad_token_id)
-    accum = cfg.grad_accum
-    window, grad_norm, micro = _Window(), 0.0, 0
-    wrapped.train()
-    batches = _batches(cfg, loop_config, collate, rank, state)
-    while state["step"] < cfg.optim.max_steps:
+
+def _train_step(w: _Worker, batches, window: _Window) -> float:
+    """One optimizer step: ``grad_accum`` micro-batches (gradients reduced on the last), clipping,
+    the optimizer and the schedule; returns the gradient norm."""
+    accum = w.cfg.grad_accum
+    for micro in range(1, accum + 1):
         t_wait = time.perf_counter()
-        epoch, in_epoch, batch = next(batches)
+        w.state["epoch"], w.state["batch_in_epoch"], batch = next(batches)
         window.wait_s += time.perf_counter() - t_wait
-        state["epoch"], state["batch_in_epoch"] = epoch, in_epoch
-        _trace(cfg, rank, state, list(batch["__key__"]))
-        micro += 1
-        losses = _forward_backward(wrapped, batch, accum, device, sync=micro % accum == 0)
+        _trace(w.cfg, w.rank, w.state, list(batch["__key__"]))
+        losses = _forward_backward(w.wrapped, batch, accum, w.device, sync=micro == accum)
         window.add(losses, len(batch["input_ids"]))
-        if micro % accum:
-            continue
-        grad_norm = _optimizer_step(cfg, params, opt, sched)
-        state["step"] += 1
-        step = state["step"]
-        _maybe_fail(cfg, rank, state)
-        if step % cfg.log_every == 0 or step == cfg.optim.max_steps:
-            metrics = window.metrics(world, sched.get_last_lr()[0], grad_norm)
-            if rank == 0:
-                metrics.update({f"train/skipped/{k}": float(v) for k, v in skip_counts().items()})
-                mlflow.log_metrics(metrics, step=step)
-                print(
-                    f"step {step}/{cfg.optim.max_steps} "
-                    + " ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items() if "/skipped/" not in k),
-                    flush=True,
-                )
+    grad_norm = _optimizer_step(w.cfg, w.params, w.opt, w.sched)
+    w.state["step"] += 1
+    return grad_norm
+
+
+def _log(w: _Worker, window: _Window, grad_norm: float) -> None:
+    """Collective: the window's metrics (means over the ranks); rank 0 logs them with the skip counts."""
+    import mlflow
+
+    from pipelines.data import skip_counts
+
+    step, metrics = w.state["step"], window.metrics(w.world, w.sched.get_last_lr()[0], grad_norm)
+    if w.rank != 0:
+        return
+    metrics.update({f"train/skipped/{k}": float(v) for k, v in skip_counts().items()})
+    mlflow.log_metrics(metrics, step=step)
+    print(
+        f"step {step}/{w.cfg.optim.max_steps} "
+        + " ".join(f"{k[6:]}={v:.4g}" for k, v in metrics.items() if "/skipped/" not in k),
+        flush=True,
+    )
+
+
+def _checkpoint(w: _Worker) -> None:
+    """Collective: every rank's stream position (streaming), then every rank writes its part."""
+    if not w.cfg.data.cache:
+        w.state["streams"] = _stream_positions(w.state)
+    _save(w.model, w.opt, w.sched, w.state, w.state["step"])
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The recipe every Ray Train worker runs: set up (and restore), then step, log, checkpoint."""
+    import mlflow
+
+    from pipelines.data import MeerkatCollate
+
+    w = _setup(loop_config)
+    _start_tracking(w, loop_config)
+    cfg, after_step = w.cfg, loop_config.get("after_step")
+    batches = _batches(cfg, loop_config, MeerkatCollate(w.model.tokenizer.pad_token_id), w.rank, w.state)
+    window = _Window()
+    w.wrapped.train()
+    while w.state["step"] < cfg.optim.max_steps:
+        grad_norm = _train_step(w, batches, window)
+        if after_step is not None:
+            after_step(w.rank, w.state)
+        last = w.state["step"] == cfg.optim.max_steps
+        if w.state["step"] % cfg.log_every == 0 or last:
+            _log(w, window, grad_norm)
             window = _Window()
-        if step % cfg.checkpoint.every == 0 or step == cfg.optim.max_steps:
-            if not cfg.data.cache:
-                state["streams"] = _stream_positions(state)  # every rank's data position
-            _save(model, opt, sched, state, step)
-    if rank == 0:
+        if w.state["step"] % cfg.checkpoint.every == 0 or last:
+            _checkpoint(w)
+    if w.rank == 0:
         mlflow.end_run()
 
 
@@ -510,11 +553,16 @@ def _mlflow_run(cfg: TrainJobConfig, params: dict[str, Any], config_yaml: str) -
     if found:
         run_id = found[0].info.run_id
         with mlflow.start_run(run_id=run_id):
-            mlflow.set_tag("meerkat.last_ray_job", job_id)
+            mlflow.set_tags({**cfg.mlflow.tags, "meerkat.last_ray_job": job_id})
         return run_id
     with mlflow.start_run(run_name=cfg.name) as run:
         mlflow.set_tags(
-            {"meerkat.run_name": cfg.name, "meerkat.ray_job": job_id, "meerkat.last_ray_job": job_id}
+            {
+                **cfg.mlflow.tags,
+                "meerkat.run_name": cfg.name,
+                "meerkat.ray_job": job_id,
+                "meerkat.last_ray_job": job_id,
+            }
         )
         items = list(params.items())
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
@@ -536,8 +584,12 @@ def epochs_needed(cfg: TrainJobConfig, per_epoch: float) -> int:
     return max(1, math.ceil(1.25 * samples / per_epoch) + 1)
 
 
-def run(cfg: TrainJobConfig) -> dict[str, Any]:
-    """Train on the connected Ray cluster; returns the MLflow run id, registered version and checkpoint."""
+def run(cfg: TrainJobConfig, *, after_step: AfterStep | None = None) -> dict[str, Any]:
+    """Train on the connected Ray cluster; returns the MLflow run id, registered version and checkpoint.
+
+    ``after_step``: see :data:`AfterStep` (tests only); it travels to the workers with the loop's
+    config, so it must pickle (a function or instance of an importable module).
+    """
     import mlflow
     import ray.data
     import ray.train
@@ -555,7 +607,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     )
     mlflow.set_tracking_uri(tracking_uri)
-    params = {k: v for k, v in flatten(resolved).items() if k not in ("job.fail_at_step", "job.trace_dir")}
+    params = {k: v for k, v in flatten(resolved).items() if k != "job.trace_dir"}
     run_id = _mlflow_run(cfg, params, yaml.safe_dump(resolved, sort_keys=False))
 
     tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
@@ -587,6 +639,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             "tracking_uri": tracking_uri,
             "epochs_per_pass": epochs_per_pass,
             "cached": cached,
+            "after_step": after_step,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -625,20 +678,20 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from pipelines.config import load_config
+def main(argv: list[str] | None = None, *, after_step: AfterStep | None = None) -> dict[str, Any]:
+    """``python -m pipelines.train [--config FILE] [a.b.c=value ...]`` (default: ``tiny.yaml``)."""
+    from pipelines.config import CONFIG_DIR, from_argv
     from pipelines.raylib import init_ray
 
-    parser = argparse.ArgumentParser(description="Meerkat LoRA fine-tuning on Ray Train.")
-    parser.add_argument("--config", default="pipelines/configs/tiny.yaml")
-    parser.add_argument(
-        "overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 data.uri=s3://meerkat/avfit/train"
+    cfg = from_argv(
+        TrainJobConfig,
+        argv,
+        default_config=CONFIG_DIR / "tiny.yaml",
+        description="Meerkat LoRA fine-tuning on Ray Train.",
     )
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = load_config(TrainJobConfig, args.config, args.overrides)
     init_ray()
-    return run(cfg)
+    return run(cfg, after_step=after_step)
 
 
 if __name__ == "__main__":

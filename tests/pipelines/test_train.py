@@ -171,6 +171,7 @@ def test_two_nodes_fault_and_resume(s3_server, mlflow_server, tmp_path, monkeypa
     from pipelines import train
     from pipelines.avfit import shards
     from pipelines.avfit.world import WORLD_PRESETS, iter_samples
+    from tests.pipelines.faults import KillAt
 
     data_uri = s3_server.uri(f"nodes-{uuid.uuid4().hex[:6]}", "train")
     with shards.ShardWriter(data_uri, max_count=20, fingerprint="t") as w:
@@ -203,9 +204,9 @@ def test_two_nodes_fault_and_resume(s3_server, mlflow_server, tmp_path, monkeypa
         cfg = load_config(
             TrainJobConfig,
             "pipelines/configs/tiny.yaml",
-            [*overrides, "optim.max_steps=30", "fail_at_step=15"],
+            [*overrides, "optim.max_steps=30"],
         )
-        first = train.run(cfg)
+        first = train.run(cfg, after_step=KillAt(15))
 
         client = mlflow.MlflowClient(mlflow_server)
         exp = client.get_experiment_by_name("meerkat")

@@ -188,11 +188,11 @@ def test_paper_path_fsdp_kill_resume_replay_restore_and_serve(
     # 1. two workers, FSDP, killed after step 3, resumed from step 2
     out = _submit(
         local_stack.env,
-        "pipelines.train",
+        "tests.pipelines.faults",  # pipelines.train with rank 1 killed after step KILL_AT
+        f"--kill-at={KILL_AT}",
         "--config",
         "pipelines/configs/paper.yaml",
         *args,
-        f"fail_at_step={KILL_AT}",
         timeout=1200,
     )
     result = json.loads(next(line for line in out.splitlines()[::-1] if line.startswith('{"mlflow_run_id"')))

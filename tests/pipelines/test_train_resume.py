@@ -18,6 +18,7 @@ from pipelines import data, train
 from pipelines.avfit import shards
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 from pipelines.config import load_config
+from tests.pipelines.faults import KillAt
 
 
 def _effective(trace_dir: Path, world: int) -> dict[int, list[str]]:
@@ -61,10 +62,9 @@ def test_sigkill_mid_epoch_trains_every_sample_once(ray_local, s3_uri, mlflow_se
             "log_every=5",
             "mlflow.register_as=null",
             f"trace_dir={trace}",
-            "fail_at_step=7",
         ],
     )
-    train.run(cfg)
+    train.run(cfg, after_step=KillAt(7))
     client = mlflow.MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("meerkat")
     (run,) = client.search_runs([exp.experiment_id], f"tags.`meerkat.run_name` = '{name}'")
