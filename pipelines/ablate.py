@@ -1,9 +1,11 @@
 """Ablations on the procedural world: train and evaluate each variant, then compare them from MLflow.
 
-    ray job submit -- python -m pipelines.ablate --data s3://meerkat/avfit [--steps 300] \\
-        [--variants full no_ot no_ac lora4 lora16 full_ft tasks_arig tasks_arig_igatl ...]
+    ray job submit -- python -m pipelines.ablate data=s3://meerkat/avfit [steps=300] \\
+        ['variants=[full, no_ot, no_ac, lora4, lora16, full_ft, tasks_arig, tasks_arig_igatl]']
 
-Variants (all start from ``pipelines/configs/tiny.yaml``):
+The job is :func:`run` of an :class:`AblateConfig` (``pipelines/configs/ablate.yaml`` and dotted
+overrides, as every job). :data:`VARIANTS` is the one list of the variants: each is the training
+config ``train_config`` (``pipelines/configs/tiny.yaml``) with its dotted overrides applied.
 
 * Table 7, multi-task: ``tasks_arig``, ``tasks_arig_igatl``, ``tasks_arig_igatl_avfact``,
   ``tasks_no_avc`` and ``full`` (all five tasks);
@@ -13,38 +15,119 @@ Variants (all start from ``pipelines/configs/tiny.yaml``):
 * Fig. 4, LLM fine-tuning: ``lora4``, ``lora16``, ``lora32`` (``full`` uses the tiny preset's rank)
   and ``full_ft`` (the whole LLM trained, ``lora.r = 0``).
 
-Each variant is a training run and an evaluation run in MLflow, tagged ``meerkat.ablation=<id>``
-and ``meerkat.variant=<name>``; at the end the side-by-side table is read back from MLflow
-(the same as ``meerkat compare --ablation <id>``).
+Each variant is a training run (``pipelines.train.run``) and an evaluation run
+(``pipelines.evaluate.run``) in MLflow, both tagged ``meerkat.ablation=<id>`` and
+``meerkat.variant=<name>``; the evaluation reads the model the training registered. At the end the
+side-by-side table is read back from MLflow (the same as ``meerkat compare --ablation <id>``).
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-VARIANTS: dict[str, list[str]] = {
-    "full": [],
-    "no_ot": ["model.loss.lambda_ot=0.0"],
-    "no_ac": ["model.loss.lambda_ac=0.0"],
-    "no_ot_no_ac": ["model.loss.lambda_ot=0.0", "model.loss.lambda_ac=0.0"],
-    "no_regions": ["model.region_prompts=false"],
-    "no_map_tokens": ["model.avace.map_tokens=false"],
-    "no_map_box_tokens": ["model.avace.map_box_tokens=false"],
-    "paper_avace": ["model.avace.map_tokens=false", "model.avace.map_box_tokens=false"],
-    "tasks_arig": ["data.tasks=[arig]", "data.task_weights={}"],
-    "tasks_arig_igatl": ["data.tasks=[arig, igatl]", "data.task_weights={}"],
-    "tasks_arig_igatl_avfact": ["data.tasks=[arig, igatl, avfact]", "data.task_weights={}"],
-    "tasks_no_avc": ["data.tasks=[arig, igatl, avfact, avqa]", "data.task_weights={}"],
-    "lora4": ["model.lora.r=4", "model.lora.alpha=8"],
-    "lora16": ["model.lora.r=16", "model.lora.alpha=32"],
-    "lora32": ["model.lora.r=32", "model.lora.alpha=64"],
-    "full_ft": ["model.lora.r=0", "model.lora.modules_to_save=[]"],
+from pipelines.config import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from pipelines.evaluate import EvaluateConfig
+    from pipelines.train import TrainJobConfig
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "no_ot": ("model.loss.lambda_ot=0.0",),
+    "no_ac": ("model.loss.lambda_ac=0.0",),
+    "no_ot_no_ac": ("model.loss.lambda_ot=0.0", "model.loss.lambda_ac=0.0"),
+    "no_regions": ("model.region_prompts=false",),
+    "no_map_tokens": ("model.avace.map_tokens=false",),
+    "no_map_box_tokens": ("model.avace.map_box_tokens=false",),
+    "paper_avace": ("model.avace.map_tokens=false", "model.avace.map_box_tokens=false"),
+    "tasks_arig": ("data.tasks=[arig]", "data.task_weights={}"),
+    "tasks_arig_igatl": ("data.tasks=[arig, igatl]", "data.task_weights={}"),
+    "tasks_arig_igatl_avfact": ("data.tasks=[arig, igatl, avfact]", "data.task_weights={}"),
+    "tasks_no_avc": ("data.tasks=[arig, igatl, avfact, avqa]", "data.task_weights={}"),
+    "lora4": ("model.lora.r=4", "model.lora.alpha=8"),
+    "lora16": ("model.lora.r=16", "model.lora.alpha=32"),
+    "lora32": ("model.lora.r=32", "model.lora.alpha=64"),
+    "full_ft": ("model.lora.r=0", "model.lora.modules_to_save=[]"),
 }
+
+
+@dataclass(frozen=True)
+class AblateConfig:
+    """The ablation job (``pipelines/configs/ablate.yaml``)."""
+
+    data: str = ""
+    """AVFIT root with ``train/`` and ``test/`` splits (``s3://meerkat/avfit``)."""
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    """Names of :data:`VARIANTS` to run, in order."""
+    steps: int = 300
+    """Optimizer steps of each variant's training (``optim.max_steps``)."""
+    eval_samples: int | None = None
+    """Held-out samples each variant is evaluated on, at most (``None``: the whole test split)."""
+    train_config: str = str(CONFIG_DIR / "tiny.yaml")
+    """The training config every variant starts from."""
+    storage_uri: str = "data/runs"
+    """Where the variants' checkpoints go (``storage_uri`` of each training run)."""
+    experiment: str = "meerkat"
+    eval: dict[str, Any] = field(default_factory=dict)
+    """Further fields of each variant's ``EvaluateConfig`` (``eval.actors=2``)."""
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown ablation variant(s) {unknown}; known: {list(VARIANTS)}")
+
+
+def new_ablation_id() -> str:
+    return f"abl-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def variant_train_config(cfg: AblateConfig, ablation: str, variant: str) -> TrainJobConfig:
+    """The training config of one variant: ``train_config``, the job's settings, the variant's
+    overrides; run and registered model named ``<ablation>-<variant>``, tagged with both."""
+    from pipelines import train
+    from pipelines.config import load_config
+
+    name = f"{ablation}-{variant}"
+    return load_config(
+        train.TrainJobConfig,
+        cfg.train_config,
+        [
+            f"name={name}",
+            f"data.uri={cfg.data}/train",
+            f"storage_uri={cfg.storage_uri}",
+            f"optim.max_steps={cfg.steps}",
+            f"mlflow.register_as={name}",
+            f"mlflow.experiment={cfg.experiment}",
+            f"mlflow.tags={{meerkat.ablation: {ablation}, meerkat.variant: {variant}}}",
+            *VARIANTS[variant],
+        ],
+    )
+
+
+def variant_eval_config(cfg: AblateConfig, ablation: str, variant: str, model_ref: str) -> EvaluateConfig:
+    """The evaluation config of one variant's registered model on the test split, tagged as its training."""
+    from meerkat_core.config import from_dict
+    from pipelines import evaluate
+
+    return from_dict(
+        evaluate.EvaluateConfig,
+        {
+            **cfg.eval,
+            "model": model_ref,
+            "data": f"{cfg.data}/test",
+            "max_samples": cfg.eval_samples,
+            "experiment": cfg.experiment,
+            "run_name": f"eval {ablation}-{variant}",
+            "tags": {"meerkat.ablation": ablation, "meerkat.variant": variant},
+        },
+    )
+
 
 # The metrics a comparison shows by default, per task (whichever datasets the runs were evaluated
 # on); ``meerkat compare --metrics`` picks others. Names as ``pipelines.evaluate`` logs them.
@@ -180,64 +263,46 @@ def compare(
         raise SystemExit(f"meerkat compare: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> str:
-    import mlflow
+def run(cfg: AblateConfig, ablation: str | None = None) -> dict[str, Any]:
+    """Train and evaluate every variant on the connected Ray cluster, then compare them.
 
+    Returns ``{"ablation", "eval_runs", "table"}``: the ablation's id, the evaluation runs' ids (in
+    the variants' order) and the comparison read back from MLflow.
+    """
     from pipelines import evaluate, train
-    from pipelines.config import load_config
-    from pipelines.raylib import init_ray
 
-    p = argparse.ArgumentParser(description="Train and evaluate the ablation variants; compare them.")
-    p.add_argument("--data", required=True, help="AVFIT root with train/ and test/ splits")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--eval-samples", type=int, default=None)
-    p.add_argument("--storage-uri", default="data/runs")
-    p.add_argument("--experiment", default="meerkat")
-    args = p.parse_args(argv)
-    init_ray()
-    ablation = f"abl-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    print(f"ablation {ablation}: {len(args.variants)} variants, {args.steps} steps each", flush=True)
+    if not cfg.data:
+        raise ValueError("ablate: no data (data=<AVFIT root with train/ and test/>)")
+    ablation = ablation or new_ablation_id()
+    print(f"ablation {ablation}: {len(cfg.variants)} variants, {cfg.steps} steps each", flush=True)
     eval_ids = []
-    for i, variant in enumerate(args.variants, 1):
-        print(f"\n=== [{i}/{len(args.variants)}] {variant}", flush=True)
-        name = f"{ablation}-{variant}"
-        cfg = load_config(
-            train.TrainJobConfig,
-            "pipelines/configs/tiny.yaml",
-            [
-                f"name={name}",
-                f"data.uri={args.data}/train",
-                f"storage_uri={args.storage_uri}",
-                f"optim.max_steps={args.steps}",
-                f"mlflow.register_as={name}",
-                f"mlflow.experiment={args.experiment}",
-                *VARIANTS[variant],
-            ],
-        )
-        trained = train.run(cfg)
-        mlflow.MlflowClient().set_tag(trained["mlflow_run_id"], "meerkat.ablation", ablation)
-        argv_eval = [
-            "--model",
-            f"models:/{name}/{trained['registered_version']}",
-            "--data",
-            f"{args.data}/test",
-            "--experiment",
-            args.experiment,
-            "--run-name",
-            f"eval {name}",
-        ]
-        if args.eval_samples:
-            argv_eval += ["--max-samples", str(args.eval_samples)]
-        result = evaluate.main(argv_eval)
-        client = mlflow.MlflowClient()
-        client.set_tag(result["eval_run_id"], "meerkat.ablation", ablation)
-        client.set_tag(result["eval_run_id"], "meerkat.variant", variant)
-        eval_ids.append(result["eval_run_id"])
+    for i, variant in enumerate(cfg.variants, 1):
+        print(f"\n=== [{i}/{len(cfg.variants)}] {variant}", flush=True)
+        train_cfg = variant_train_config(cfg, ablation, variant)
+        trained = train.run(train_cfg)
+        model_ref = f"models:/{train_cfg.mlflow.register_as}/{trained['registered_version']}"
+        evaluated = evaluate.run(variant_eval_config(cfg, ablation, variant, model_ref))
+        eval_ids.append(evaluated["eval_run_id"])
     table = compare(run_ids=eval_ids)
     print("\n" + table)
-    print(json.dumps({"ablation": ablation, "eval_runs": eval_ids}))
-    return table
+    return {"ablation": ablation, "eval_runs": eval_ids, "table": table}
+
+
+def main(argv: list[str] | None = None) -> str:
+    """``python -m pipelines.ablate [--config FILE] [a.b.c=value ...]`` (default: ``ablate.yaml``)."""
+    from pipelines.config import from_argv
+    from pipelines.raylib import init_ray
+
+    cfg = from_argv(
+        AblateConfig,
+        argv,
+        default_config=CONFIG_DIR / "ablate.yaml",
+        description="Train and evaluate the ablation variants; compare them.",
+    )
+    init_ray()
+    out = run(cfg)
+    print(json.dumps({"ablation": out["ablation"], "eval_runs": out["eval_runs"]}))
+    return out["table"]
 
 
 if __name__ == "__main__":

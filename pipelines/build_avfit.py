@@ -20,7 +20,6 @@ bytes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -37,7 +36,7 @@ from pipelines import storage
 from pipelines.avfit import shards, world
 from pipelines.avfit.sample import SPLITS
 from pipelines.avfit.sources import iter_source
-from pipelines.config import fingerprint, load_config
+from pipelines.config import fingerprint, from_argv
 from pipelines.raylib import init_ray
 
 logger = logging.getLogger("pipelines.build_avfit")
@@ -184,16 +183,11 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(description="Build AVFIT shards (procedural world and public sources).")
-    parser.add_argument("--config", help="YAML config (see pipelines/configs/)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="dotted overrides, e.g. out_uri=s3://meerkat/avfit world.scenes.train=500",
+    """``python -m pipelines.build_avfit [--config FILE] [a.b.c=value ...]`` (no file: the defaults)."""
+    cfg = from_argv(
+        BuildConfig, argv, description="Build AVFIT shards (procedural world and public sources)."
     )
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = load_config(BuildConfig, args.config, args.overrides)
     print(json.dumps({"build_config": to_dict(cfg)}, indent=1, default=str))
     init_ray()
     t0 = time.perf_counter()

@@ -1,11 +1,15 @@
 """MeerkatBench evaluation on Ray: batched generation, every metric of the paper, baselines, MLflow.
 
-    ray job submit -- python -m pipelines.evaluate --model models:/meerkat-tiny/1 \\
-        --data s3://meerkat/avfit/test [--tasks arig avfact] [--max-samples 500] [--actors 2]
+    ray job submit -- python -m pipelines.evaluate model=models:/meerkat-tiny/1 \\
+        data=s3://meerkat/avfit/test ['tasks=[arig, avfact]'] [max_samples=500] [actors=2]
     # the paper's tables, on the paper's splits (VALOR-32K captions on val, the others on test):
-    ... --data s3://meerkat/avfit-public/test s3://meerkat/avfit-public/val --paper-splits
+    ... 'data=[s3://meerkat/avfit-public/test, s3://meerkat/avfit-public/val]' paper_splits=true
 
-The generation budget (``--max-new-tokens``) defaults to 48 new tokens, or to what the longest
+The job is :func:`run` of an :class:`EvaluateConfig` (``--config FILE`` and dotted overrides, as
+every job: :func:`pipelines.config.from_argv`); it returns the evaluation run's id and results, and
+everything it measured is in that MLflow run, where other jobs read it.
+
+The generation budget (``max_new_tokens``) defaults to 48 new tokens, or to what the longest
 captioning reference of the data takes in the model's tokenizer when that is more (a pass over the
 ``.json`` members of the splits whose manifest counts captions, before generation, with only the
 model's tokenizer fetched), so that no reference caption is cut by the budget.
@@ -28,32 +32,34 @@ model's tokenizer fetched), so that no reference caption is cut by the budget.
    the record behind its scores as params (``run_record``: each split's manifest URI, fingerprint
    and counts, the decoding settings, the prompt templates' version, the box convention and the
    code version, and ``metrics.protocol_version``: what the metric keys mean), metrics
-   ``eval/<task>/<dataset>/<metric>`` (baselines under
-   ``.../baseline_<name>/...``), and artefacts: ``results.md`` (tables laid out like the paper's, with its numbers as reference
-   rows), the success-rate curve, boxes and AVACE attention on sample images, time windows on
-   waveforms, and every prediction as a table.
+   ``eval/<task>/<dataset>/<metric>`` (baselines under ``.../baseline_<name>/...``), tags
+   ``meerkat.kind=evaluation``, ``meerkat.model_ref`` and the config's ``tags``, and artefacts:
+   ``results.md`` (tables laid out like the paper's, with its numbers as reference rows),
+   ``baselines.md`` (the model against its trivial baselines, per task and dataset),
+   ``results.json``, the success-rate curve, boxes and AVACE attention on sample images, time
+   windows on waveforms, and every prediction as a table.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from meerkat_core import grounding, metrics
+from meerkat_core import generation, grounding, metrics
 
 logger = logging.getLogger("pipelines.evaluate")
 
 # Generation budget when no caption needs more (every other answer is a box, a few segments, a
-# verdict or a short phrase).
-DEFAULT_MAX_NEW_TOKENS = 48
+# verdict or a short phrase): the model's own default.
+DEFAULT_MAX_NEW_TOKENS = generation.DEFAULT_MAX_NEW_TOKENS
 
 # What the metric keys mean. Logged with every evaluation run as the param ``metrics.protocol_version``
 # so that ``meerkat compare`` never puts two meanings in one column (``pipelines.ablate``). "1": runs
@@ -63,6 +69,51 @@ DEFAULT_MAX_NEW_TOKENS = 48
 # the old numbers under ``micro_f1``/``greedy_event_f1``; Flickr-SoundNet against the consensus map.
 METRICS_PROTOCOL_VERSION = "2"
 
+BASELINES_ARTIFACT = "baselines.md"
+"""The evaluation run's artefact with the model against its trivial baselines (what the job prints)."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What :func:`run` evaluates, on what, and how (``pipelines/configs/evaluate.yaml``)."""
+
+    model: str = ""
+    """``models:/<name>/<version>`` (or ``@alias``), ``runs:/<id>/model``, an S3 checkpoint or a
+    local model directory."""
+    data: str | tuple[str, ...] = ()
+    """Shard directories (with ``manifest.json``) of one split or several (e.g. ``test`` and ``val``)."""
+    paper_splits: bool = False
+    """Keep each source's split the paper reports (VALOR-32K val, AVQA val, the others test)."""
+    tasks: tuple[str, ...] | None = None
+    """Tasks to evaluate; ``None``: every task in the data."""
+    max_samples: int | None = None
+    actors: int = 1
+    """Model actors generating in parallel (one per GPU on a cluster)."""
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+    """Generation budget; ``None``: the default, or more when the longest caption reference needs it."""
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    experiment: str = "meerkat"
+    run_name: str | None = None
+    """The MLflow run's name; ``None``: ``eval <model>``."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Further MLflow tags of the evaluation run (the ablation tags its runs with its id and variant)."""
+    seed: int = 0
+
+    @property
+    def data_uris(self) -> list[str]:
+        return [self.data] if isinstance(self.data, str) else list(self.data)
+
+    def check(self) -> None:
+        """ValueError unless a model and at least one split are named."""
+        if not self.model:
+            raise ValueError(
+                "evaluate: no model (model=models:/<name>/<version>, a checkpoint or a directory)"
+            )
+        if not self.data_uris:
+            raise ValueError("evaluate: no data (data=<split directory> or 'data=[<split>, <split>]')")
+
 
 class Answerer:
     """``map_batches`` actor: raw shard members -> the model's answers (and its AVACE map)."""
@@ -71,7 +122,7 @@ class Answerer:
         self,
         model_ref: str,
         tasks: Sequence[str] | None = None,
-        max_new_tokens: int = 48,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         tracking_uri: str | None = None,
     ) -> None:
         import mlflow
@@ -98,11 +149,14 @@ class Answerer:
         self.tasks = set(tasks or ())
         self.max_new_tokens = max_new_tokens
 
+    def _wanted(self, meta: dict[str, Any]) -> bool:
+        return not self.tasks or meta["task"] in self.tasks
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from meerkat_core.batching import collate
-        from meerkat_core.media import MediaError
-        from pipelines.avfit.sample import SampleError, validate_meta
-        from pipelines.data import _report
+        """Decode each sample (:func:`pipelines.avfit.sample.decode_sample`: a damaged one is skipped
+        and counted by reason), then generate the kept ones' answers in one batch."""
+        from pipelines.avfit.sample import CorruptSample, count_skip, decode_sample
+        from pipelines.data import report_skips
 
         counts: Counter[str] = Counter()
         rows, keys, metas = [], [], []
@@ -110,29 +164,23 @@ class Answerer:
             batch["__key__"], batch["jpg"], batch["flac"], batch["json"], strict=True
         ):
             try:
-                meta = validate_meta(json.loads(raw)) if raw is not None else None
-                if meta is None:
-                    raise SampleError("no json member")
-            except (SampleError, ValueError, TypeError):
-                counts["bad_json"] += 1
+                decoded = decode_sample(
+                    {"jpg": jpg, "flac": flac, "json": raw}, self.prep, with_answer=False, wanted=self._wanted
+                )
+            except CorruptSample as exc:
+                count_skip(counts, key, exc)
                 continue
-            if self.tasks and meta["task"] not in self.tasks:
+            if decoded is None:  # a task not asked for
                 continue
-            try:
-                rows.append(self.prep(bytes(jpg), bytes(flac), meta, with_answer=False))
-            except (MediaError, ValueError, TypeError):
-                counts["bad_media"] += 1
-                continue
+            meta, row = decoded
+            rows.append(row)
             keys.append(key)
             metas.append(meta)
-        _report(counts)
+        report_skips(counts)
         if not rows:
             return {}
-        batch = collate(rows, self.model.tokenizer.pad_token_id, side="left")
-        texts, attn = self.model.generate(
-            {k: v.to(self.device) for k, v in batch.items()},
-            max_new_tokens=self.max_new_tokens,
-            return_attention=True,
+        texts, attn = generation.generate_answers(
+            self.model, rows, max_new_tokens=self.max_new_tokens, device=self.device, return_attention=True
         )
         return {
             "__key__": np.asarray(keys),
@@ -505,17 +553,13 @@ def predict(
 
 
 def _train_run_id(model_ref: str) -> str | None:
+    """The training run a registered model was logged from (MLflow's record of the model), or None
+    for a reference outside the Model Registry."""
     import mlflow
 
     if not model_ref.startswith("models:/"):
         return None
-    name_version = model_ref[len("models:/") :]
-    client = mlflow.MlflowClient()
-    if "@" in name_version:
-        name, alias = name_version.split("@", 1)
-        return client.get_model_version_by_alias(name, alias).run_id
-    name, version = name_version.split("/", 1)
-    return client.get_model_version(name, version).run_id
+    return mlflow.models.get_model_info(model_ref).run_id
 
 
 def prompt_templates_version() -> str:
@@ -580,8 +624,8 @@ def run_record(data_uris: Sequence[str], decoding: dict[str, Any], *, paper_spli
         params[f"{prefix}.uri"] = uri
         params[f"{prefix}.fingerprint"] = str(manifest.get("fingerprint"))
         params[f"{prefix}.total"] = int(manifest["total"])
-        for field, counts in (manifest.get("counts") or {}).items():
-            params[f"{prefix}.counts.{field}"] = json.dumps(counts, sort_keys=True)
+        for name, counts in (manifest.get("counts") or {}).items():
+            params[f"{prefix}.counts.{name}"] = json.dumps(counts, sort_keys=True)
     params["data.paper_splits"] = paper_splits
     params.update({f"decoding.{k}": v for k, v in decoding.items()})
     params["prompt.templates_version"] = prompt_templates_version()
@@ -600,10 +644,12 @@ def log_to_mlflow(
     run_name: str | None,
     skipped: dict[str, int],
     record: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """One evaluation run, nested under the training run; returns its id.
 
-    ``record`` (``run_record``) is logged as params beside the model and the sample count.
+    ``record`` (``run_record``) is logged as params beside the model and the sample count;
+    ``tags`` are added to the run's own.
     """
     import mlflow
 
@@ -612,10 +658,15 @@ def log_to_mlflow(
     data_uris = [data_uri] if isinstance(data_uri, str) else list(data_uri)
     mlflow.set_experiment(experiment)
     parent = _train_run_id(model_ref)
-    tags = {"meerkat.kind": "evaluation", "meerkat.model_ref": model_ref, "meerkat.data": " ".join(data_uris)}
+    run_tags = {
+        **(tags or {}),
+        "meerkat.kind": "evaluation",
+        "meerkat.model_ref": model_ref,
+        "meerkat.data": " ".join(data_uris),
+    }
     if parent:
-        tags.update({"mlflow.parentRunId": parent, "meerkat.train_run_id": parent})
-    with mlflow.start_run(run_name=run_name or f"eval {model_ref}", tags=tags) as run:
+        run_tags.update({"mlflow.parentRunId": parent, "meerkat.train_run_id": parent})
+    with mlflow.start_run(run_name=run_name or f"eval {model_ref}", tags=run_tags) as run:
         mlflow.log_params(
             {
                 "model": model_ref,
@@ -629,7 +680,9 @@ def log_to_mlflow(
         tables = report.results_markdown(
             {t: {d: v["model"] for d, v in ds.items()} for t, ds in results.items()}
         )
-        mlflow.log_text(tables + "\n\n" + report.baselines_markdown(results), "results.md")
+        baselines = report.baselines_markdown(results)
+        mlflow.log_text(tables + "\n\n" + baselines, "results.md")
+        mlflow.log_text(baselines, BASELINES_ARTIFACT)
         mlflow.log_text(json.dumps(results, indent=1, default=float), "results.json")
         mlflow.log_table(
             {
@@ -693,91 +746,84 @@ def _member(data_uris: Sequence[str], key: str, ext: str, storage: Any) -> bytes
     raise KeyError(f"{key}.{ext} not in {' '.join(data_uris)}")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from pipelines.data import skip_counts
-    from pipelines.raylib import init_ray
+def generation_budget(cfg: EvaluateConfig) -> tuple[int, str]:
+    """``(max_new_tokens, where it comes from)``: the config's, else the default, or the longest
+    caption reference of the data when captions are evaluated and need more."""
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens, "argument"
+    if cfg.tasks and "avc" not in cfg.tasks:
+        return DEFAULT_MAX_NEW_TOKENS, "default"
+    budget, n_refs = measure_caption_budget(
+        cfg.model, cfg.data_uris, paper_splits=cfg.paper_splits, floor=DEFAULT_MAX_NEW_TOKENS
+    )
+    return budget, (f"longest of {n_refs} caption references" if n_refs else "default")
 
-    p = argparse.ArgumentParser(description="MeerkatBench evaluation of a trained model.")
-    p.add_argument(
-        "--model", required=True, help="models:/name/version, runs:/id/model, s3:// checkpoint or directory"
-    )
-    p.add_argument(
-        "--data",
-        required=True,
-        nargs="+",
-        help="shard directories of one or more splits (with manifest.json)",
-    )
-    p.add_argument(
-        "--paper-splits",
-        action="store_true",
-        help="keep each source's split the paper reports (VALOR-32K val, AVQA val, the others test)",
-    )
-    p.add_argument("--tasks", nargs="*", default=None)
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--actors", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help="generation budget; default: 48, or more when the longest caption reference needs it",
-    )
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--experiment", default="meerkat")
-    p.add_argument("--run-name", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    init_ray()
-    max_new_tokens, budget_from = args.max_new_tokens, "argument"
-    if max_new_tokens is None:
-        if args.tasks and "avc" not in args.tasks:
-            max_new_tokens, budget_from = DEFAULT_MAX_NEW_TOKENS, "default"
-        else:
-            max_new_tokens, n_refs = measure_caption_budget(
-                args.model, args.data, paper_splits=args.paper_splits, floor=DEFAULT_MAX_NEW_TOKENS
-            )
-            budget_from = f"longest of {n_refs} caption references" if n_refs else "default"
-        logger.info("max_new_tokens %d (%s)", max_new_tokens, budget_from)
+
+def run(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate on the connected Ray cluster and log the MLflow evaluation run.
+
+    Returns ``{"eval_run_id", "n", "skipped", "results"}`` (``results`` as :func:`score`).
+    """
+    from pipelines import report
+    from pipelines.data import skip_counts
+
+    cfg.check()
+    max_new_tokens, budget_from = generation_budget(cfg)
+    logger.info("max_new_tokens %d (%s)", max_new_tokens, budget_from)
     rows = predict(
-        args.model,
-        args.data,
-        tasks=args.tasks,
-        max_samples=args.max_samples,
-        actors=args.actors,
-        batch_size=args.batch_size,
+        cfg.model,
+        cfg.data_uris,
+        tasks=cfg.tasks,
+        max_samples=cfg.max_samples,
+        actors=cfg.actors,
+        batch_size=cfg.batch_size,
         max_new_tokens=max_new_tokens,
-        cpus_per_actor=args.cpus_per_actor,
-        gpus_per_actor=args.gpus_per_actor,
-        paper_splits=args.paper_splits,
+        cpus_per_actor=cfg.cpus_per_actor,
+        gpus_per_actor=cfg.gpus_per_actor,
+        paper_splits=cfg.paper_splits,
     )
-    results = score(rows, seed=args.seed)
+    results = score(rows, seed=cfg.seed)
     skipped = skip_counts()
     decoding = {
         "strategy": "greedy",
         "num_beams": 1,
         "max_new_tokens": max_new_tokens,
         "max_new_tokens_from": budget_from,
-        "batch_size": args.batch_size,
+        "batch_size": cfg.batch_size,
         "padding_side": "left",
     }
     run_id = log_to_mlflow(
         results,
         rows,
-        model_ref=args.model,
-        data_uri=args.data,
-        experiment=args.experiment,
-        run_name=args.run_name,
+        model_ref=cfg.model,
+        data_uri=cfg.data_uris,
+        experiment=cfg.experiment,
+        run_name=cfg.run_name,
         skipped=skipped,
-        record=run_record(args.data, decoding, paper_splits=args.paper_splits),
+        record=run_record(cfg.data_uris, decoding, paper_splits=cfg.paper_splits),
+        tags=cfg.tags,
     )
-    from pipelines import report
-
     print(report.baselines_markdown(results))
-    out = {"eval_run_id": run_id, "n": len(rows), "skipped": skipped}
-    print(json.dumps(out))
-    return {**out, "results": results}
+    return {"eval_run_id": run_id, "n": len(rows), "skipped": skipped, "results": results}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m pipelines.evaluate [--config FILE] [a.b.c=value ...]`` (default: ``evaluate.yaml``)."""
+    from pipelines.config import CONFIG_DIR, from_argv
+    from pipelines.raylib import init_ray
+
+    cfg = from_argv(
+        EvaluateConfig,
+        argv,
+        default_config=CONFIG_DIR / "evaluate.yaml",
+        description="MeerkatBench evaluation of a trained model.",
+    )
+    cfg.check()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    init_ray()
+    out = run(cfg)
+    print(json.dumps({k: v for k, v in out.items() if k != "results"}))
+    return out
 
 
 if __name__ == "__main__":

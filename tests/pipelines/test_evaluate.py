@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
 from pipelines import evaluate
+from pipelines.config import CONFIG_DIR, from_argv, load_config
 
 
 def _arig(pred: str, sounding: list, other: list) -> dict:
@@ -156,6 +159,29 @@ def test_prompt_version_changes_with_a_template(monkeypatch):
     assert evaluate.prompt_templates_version() != before
 
 
+def test_config_from_the_command_line_one_split_or_several():
+    one = from_argv(evaluate.EvaluateConfig, ["model=models:/m/1", "data=s3://b/avfit/test", "actors=2"])
+    assert one.data_uris == ["s3://b/avfit/test"] and one.actors == 2 and one.tasks is None
+    several = from_argv(
+        evaluate.EvaluateConfig,
+        ["--config", str(CONFIG_DIR / "evaluate.yaml"), "model=m", "data=[a/test, a/val]", "tasks=[avc]"],
+    )
+    assert several.data_uris == ["a/test", "a/val"] and several.tasks == ("avc",)
+    assert several.batch_size == 8 and several.experiment == "meerkat"  # the file's
+    with pytest.raises(KeyError, match="max_new_token"):  # a typo fails loudly
+        from_argv(evaluate.EvaluateConfig, ["max_new_token=3"])
+    for missing in (["data=x"], ["model=m"]):
+        with pytest.raises(ValueError, match="no (model|data)"):
+            evaluate.EvaluateConfig(**dict(kv.split("=") for kv in missing)).check()
+
+
+def test_generation_budget_without_reading_the_data():
+    cfg = evaluate.EvaluateConfig(model="m", data="d", max_new_tokens=16)
+    assert evaluate.generation_budget(cfg) == (16, "argument")
+    no_captions = dataclasses.replace(cfg, max_new_tokens=None, tasks=("arig", "igatl"))
+    assert evaluate.generation_budget(no_captions) == (evaluate.DEFAULT_MAX_NEW_TOKENS, "default")
+
+
 def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path, monkeypatch):
     import mlflow
 
@@ -177,9 +203,7 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
     with mlflow.start_run(run_name="train") as train_run:
         registry.log_and_register(tmp_path / "m", registered_name=name)
 
-    out = evaluate.main(
-        ["--model", f"models:/{name}/1", "--data", data_uri, "--batch-size", "8", "--max-new-tokens", "16"]
-    )
+    out = evaluate.main([f"model=models:/{name}/1", f"data={data_uri}", "batch_size=8", "max_new_tokens=16"])
     assert out["n"] == shards.read_manifest(data_uri)["total"]
     client = mlflow.MlflowClient(mlflow_server)
     run = client.get_run(out["eval_run_id"])
@@ -212,7 +236,10 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
         "plots/success_curve.png",
         "plots/grounding.png",
         "plots/segments.png",
+        evaluate.BASELINES_ARTIFACT,
     } <= artifacts
+    baselines = client.download_artifacts(run.info.run_id, evaluate.BASELINES_ARTIFACT, str(tmp_path))
+    assert Path(baselines).read_text().startswith("# Model against trivial baselines")
 
     # The paper's splits over two split directories, with the caption budget measured: a "valor"
     # test caption is dropped (the paper reads VALOR-32K on val), the world's are kept.
@@ -233,10 +260,15 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
     world_captions += sum(
         s["json"]["task"] == "avc" for s in iter_samples(WORLD_PRESETS["easy"], "test", 5, 11)
     )
-    out = evaluate.main(
-        ["--model", f"models:/{name}/1", "--data", data_uri, val_uri, "--paper-splits", "--tasks", "avc"]
+    # the job as a function of its config, as the ablation calls it; the config's tags on the run
+    cfg = load_config(
+        evaluate.EvaluateConfig,
+        CONFIG_DIR / "evaluate.yaml",
+        [f"model=models:/{name}/1", f"data=[{data_uri}, {val_uri}]", "paper_splits=true", "tasks=[avc]"],
     )
+    out = evaluate.run(dataclasses.replace(cfg, tags={"meerkat.variant": "v"}))
     assert set(out["results"]["avc"]) == {"world"} and out["n"] == world_captions
+    assert client.get_run(out["eval_run_id"]).data.tags["meerkat.variant"] == "v"
     params = client.get_run(out["eval_run_id"]).data.params
     assert (params["data.0.uri"], params["data.1.uri"]) == (data_uri, val_uri)
     assert params["data.1.fingerprint"] == "v" and params["data.paper_splits"] == "True"
@@ -423,3 +455,33 @@ def test_fetch_tokenizer_downloads_the_tokenizer_not_the_model(tiny_model_dir, t
     assert AutoTokenizer.from_pretrained(got).get_vocab() == expected
     assert {u.rsplit("/", 1)[-1] for u in read} == tokenizer_files
     assert all("/checkpoint_000001/model/tokenizer/" in u for u in read)
+
+
+def test_answerer_skips_and_counts_damaged_samples_and_answers_the_rest(tiny_model_dir, monkeypatch):
+    """The actor outside Ray: the shared decode (a bad json member counted, a task not asked for
+    passed over uncounted), then one generation batch for the kept samples."""
+    import numpy as np
+
+    from pipelines import data
+    from pipelines.avfit.world import WORLD_PRESETS, iter_samples
+
+    reported = []
+    monkeypatch.setattr(data, "report_skips", lambda counts: reported.append(dict(counts)))
+    samples = list(iter_samples(WORLD_PRESETS["easy"], "test", 2, 11))
+    arig = [s for s in samples if s["json"]["task"] == "arig"][:2]
+    other = next(s for s in samples if s["json"]["task"] != "arig")
+    batch = {
+        "__key__": np.asarray([s["__key__"] for s in [*arig, other]] + ["broken"]),
+        "jpg": np.asarray([s["image"] for s in [*arig, other, arig[0]]], dtype=object),
+        "flac": np.asarray([s["audio"] for s in [*arig, other, arig[0]]], dtype=object),
+        "json": np.asarray(
+            [json.dumps(s["json"]).encode() for s in [*arig, other]] + [b"{not json"], dtype=object
+        ),
+    }
+    answerer = evaluate.Answerer(str(tiny_model_dir), tasks=("arig",), max_new_tokens=4)
+    out = answerer(batch)
+    assert list(out["__key__"]) == [s["__key__"] for s in arig]
+    assert list(out["task"]) == ["arig", "arig"] and len(out["prediction"]) == 2
+    assert all(isinstance(text, str) for text in out["prediction"])
+    assert out["attn"].shape[0] == 2
+    assert reported == [{"bad_json": 1}]
