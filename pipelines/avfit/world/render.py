@@ -58,6 +58,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side
 
 
 def shape_mask(shape: str, left: int, top: int, side: int, size: int) -> Image.Image:
+    """A ``size`` x ``size`` L-mode mask, 255 on ``shape`` drawn in the square (left, top, side);
+    a scene's boxes are read off it (:func:`pipelines.avfit.world.scene.generate_scene`)."""
     mask = Image.new("L", (size, size), 0)
     _draw_shape(ImageDraw.Draw(mask), shape, left, top, side)
     return mask
