@@ -33,10 +33,12 @@ from typing import Any
 import yaml
 
 from serve import auth
+from serve.settings import MODEL_REF_ENV
 
 CONFIG = Path(__file__).with_name("config.yaml")
 APP_NAME = "meerkat"
-MODEL_REF_ENV = "MEERKAT_MODEL_REF"
+MODEL_DEPLOYMENT = "ModelReplica"
+"""The model deployment's name in the config (:class:`serve.replica.ModelReplica`)."""
 
 
 class DeployError(RuntimeError):
@@ -62,7 +64,7 @@ def load_config(
         args["api_token_sha256"] = api_token_sha256
     if port is not None:
         config.setdefault("http_options", {})["port"] = port
-    model_deployment = next(d for d in app["deployments"] if d["name"] == "MeerkatModel")
+    model_deployment = next(d for d in app["deployments"] if d["name"] == MODEL_DEPLOYMENT)
     batching = model_deployment.setdefault("user_config", {})
     if max_batch_size is not None:
         batching["max_batch_size"] = max_batch_size

@@ -1,7 +1,10 @@
 """Generation for a batch of preprocessed requests: sampling settings, isolation of failures.
 
 :class:`Generator` wraps a loaded :class:`~meerkat_core.model.MeerkatModel` for the Serve model
-deployment (``serve/app.py``); it holds no Ray or HTTP, so it is tested directly on a tiny model.
+replica (:mod:`serve.replica`); it holds no Ray or HTTP, so it is tested directly on a tiny model.
+Batching and generation are :func:`meerkat_core.generation.generate_answers`'s; what is added here
+is what only a service needs: per-request sampling settings, exact token counts and finish
+reasons, stop strings and the isolation of a failing request.
 
 Decisions made here:
 
@@ -37,7 +40,7 @@ from typing import Any
 
 import torch
 
-from meerkat_core import batching
+from meerkat_core import generation
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +127,14 @@ class Generator:
     def _generate(self, group: Sequence[Generation]) -> list[Completion]:
         sampling = group[0].sampling
         tokenizer = self.model.tokenizer
-        batch = batching.collate([r.row for r in group], tokenizer.pad_token_id, side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
         extra = {"top_p": sampling.top_p} if sampling.temperature > 0 and sampling.top_p < 1.0 else {}
         with self._llm_call(extra) as outputs, self._seeded(sampling):
-            texts = self.model.generate(
-                batch, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature
+            texts = generation.generate_answers(
+                self.model,
+                [r.row for r in group],
+                max_new_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                device=self.device,
             )
         (ids,) = outputs  # [B, new tokens]
         completions = []

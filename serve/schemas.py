@@ -1,9 +1,10 @@
 """Request and response bodies of the HTTP API, and the request-body schemas the OpenAPI page shows.
 
 Task endpoints (``/v1/ground``, ``/v1/localize``, ``/v1/factcheck``, ``/v1/answer``,
-``/v1/caption``) take their parameters (``*Params`` below) together with the two media, either as
-a JSON object whose ``image`` and ``audio`` are base64 strings (or ``data:`` URLs), or as
-``multipart/form-data`` with ``image`` and ``audio`` file parts. Their bodies are read by the
+``/v1/caption``; one row each in :data:`serve.tasks.TASKS`) take their parameters (``*Params``
+below) together with the two media, either as a JSON object whose ``image`` and ``audio`` are
+base64 strings (or ``data:`` URLs), or as ``multipart/form-data`` with ``image`` and ``audio``
+file parts. Their bodies are read by the
 ingress itself (so that the size limit applies while reading), so the OpenAPI request bodies are
 written here from the same models by :func:`task_request_body`.
 
@@ -29,7 +30,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-TASKS = ("ground", "localize", "factcheck", "answer", "caption")
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -107,14 +107,6 @@ class CaptionParams(TaskParams):
     """Audio-visual captioning -> free text."""
 
 
-TASK_PARAMS: dict[str, type[TaskParams]] = {
-    "ground": GroundParams,
-    "localize": LocalizeParams,
-    "factcheck": FactcheckParams,
-    "answer": AnswerParams,
-    "caption": CaptionParams,
-}
-
 _MEDIA_JSON = {
     "image": {
         "type": "string",
@@ -152,9 +144,9 @@ def _body_schema(params: type[TaskParams], media: dict[str, Any], *, form: bool)
     }
 
 
-def task_request_body(task: str) -> dict[str, Any]:
-    """``openapi_extra`` documenting a task endpoint's JSON and multipart request bodies."""
-    params = TASK_PARAMS[task]
+def task_request_body(params: type[TaskParams]) -> dict[str, Any]:
+    """``openapi_extra`` documenting the JSON and multipart request bodies of a task endpoint that
+    takes ``params``."""
     return {
         "requestBody": {
             "required": True,

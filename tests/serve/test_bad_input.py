@@ -380,4 +380,4 @@ def test_service_stays_healthy_and_no_replica_restarted(client, meerkat_service,
     assert response.status_code == 200 and response.json()["grounding"]["parsed"] is True
     after = service.replicas(meerkat_service)
     assert after == replicas_before
-    assert {name: len(r) for name, r in after.items()} == {"MeerkatModel": 1, "MeerkatAPI": 2}, after
+    assert {name: len(r) for name, r in after.items()} == {"ModelReplica": 1, "MeerkatAPI": 2}, after

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from serve import app as serve_app
-from serve import inputs, schemas
+from serve import inputs, schemas, tasks
 from serve.errors import APIError
+from serve.ingress import MeerkatAPI
 from tests.serve import bad_media
 
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}|object at ")
@@ -111,7 +111,7 @@ chat_bodies = st.fixed_dictionaries(
     },
 )
 
-_chat_sync = serve_app.MeerkatAPI.func_or_class._chat_sync
+_chat_sync = MeerkatAPI.func_or_class._chat_sync
 
 
 def _only_client_errors(call: Any, *args: Any) -> None:
@@ -151,8 +151,8 @@ def test_chat_message_shapes_never_raise_anything_but_4xx(body):
     )
 )
 def test_task_bodies_never_raise_anything_but_4xx(body):
-    for params in schemas.TASK_PARAMS.values():
-        _only_client_errors(inputs.json_task_request, json.dumps(body, allow_nan=True).encode(), params)
+    for task in tasks.TASKS.values():
+        _only_client_errors(inputs.json_task_request, json.dumps(body, allow_nan=True).encode(), task.params)
 
 
 @BUDGET
