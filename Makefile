@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pipelines.quickstart
-	$(PY) -m infra.demo --dir .local-stack
+	$(PY) -m infra.demo dir=.local-stack
 
 demo-down: $(STAMP)
 	$(PY) -m infra.local.stack down --dir .local-stack

@@ -1,9 +1,10 @@
 """The ``meerkat`` command: one entry point for the jobs and the local stack.
 
 meerkat stack up|down|status        the embedded local stack (Ray, MLflow, S3 on loopback)
-meerkat demo                        the whole pipeline on this machine (make demo)
-meerkat build|train|evaluate ...    the Ray jobs (same arguments as python -m pipelines.<job>)
-meerkat ablate ...                  train + evaluate the ablation variants
+meerkat demo [key=value ...]        the whole pipeline on this machine (make demo)
+meerkat build|train|evaluate|ablate [--config FILE] [key=value ...]
+                                    the jobs, as python -m pipelines.<job> (dotted overrides)
+meerkat quickstart                  one training step and one generation, in process
 meerkat compare [--ablation ID] [--metrics PATTERN ...]
                                     side-by-side table of evaluation runs, read from MLflow
                                     (runs of one metrics.protocol_version only)
@@ -13,13 +14,24 @@ meerkat serve [up|status|down] ...  the Serve application on the local stack (se
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+
+JOBS = {
+    "build": "pipelines.build_avfit",
+    "train": "pipelines.train",
+    "evaluate": "pipelines.evaluate",
+    "ablate": "pipelines.ablate",
+    "quickstart": "pipelines.quickstart",
+    "demo": "infra.demo",
+}
+"""``meerkat <command>``: the module whose ``main(argv)`` runs it, with the rest of the command line."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("stack", "demo", "quickstart", "build", "train", "evaluate", "ablate", "compare", "serve")
+    commands = ("stack", *JOBS, "compare", "serve")
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -46,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(rest)
         print(compare(a.ablation, a.experiment, a.runs, a.metrics))
         return 0
-    module = {"build": "build_avfit"}.get(command, command)
-    job = __import__(f"pipelines.{module}", fromlist=["main"])
-    job.main(rest)
+    importlib.import_module(JOBS[command]).main(rest)
     return 0
 
 

@@ -1,6 +1,6 @@
 """The whole system on one machine: ``make demo``.
 
-    python -m infra.demo [--dir .local-stack] [--train-steps 900] [--scenes 400] [--serve-port 8000]
+    python -m infra.demo [--config FILE] [dir=.local-stack] [train_steps=900] [scenes=400] [retrain=true]
 
 1. starts the embedded local stack (Ray head, MLflow, S3-compatible server on loopback), or reuses it;
 2. ``ray job submit``: builds the procedural AVFIT into the S3 server;
@@ -12,28 +12,59 @@
 6. sends one request to each task endpoint and prints the answers next to the truth, then the
    evaluation table and the URLs (Ray dashboard, MLflow UI, the demo page).
 
+The demo is :func:`run` of a :class:`DemoConfig`. It submits the jobs as a user would, with their
+command lines, and reads what they produced from MLflow, never from their output: the model
+version the training run registered (:func:`trained_version`) and the evaluation run's table of
+the model against its baselines (:func:`evaluation_table`).
+
 Every stage prints what it does and how long it took; a second run reuses the stack, the shards
-(same fingerprint), the registered model (``--retrain`` to train again) and its evaluation table
-(cached in the stack's directory). ``make demo-down`` stops the stack, Serve included.
+(same fingerprint), the registered model (``retrain=true`` to train again) and its evaluation (the
+demo's evaluation run of that version, found in MLflow). ``make demo-down`` stops the stack, Serve
+included.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local import stack
 from meerkat_core import grounding
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_NAME = "meerkat-tiny"
+DEMO_TAG = "meerkat.demo"
+"""Tag of the demo's evaluation runs: a second demo reuses the one of its model version."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    dir: str = ".local-stack"
+    """The local stack's directory (its state and ``stack.env``)."""
+    scenes: int = 400
+    """Training scenes of the procedural world."""
+    train_steps: int = 900
+    eval_samples: int = 1000
+    """Held-out samples to evaluate, at most."""
+    serve_port: int | None = None
+    """``None``: ``MEERKAT_SERVE_PORT`` or 8000."""
+    retrain: bool = False
+    """Train again even if a model is registered."""
+    model_name: str = "meerkat-tiny"
+    """The registered model the demo trains, evaluates and serves."""
+    build_config: str = "pipelines/configs/avfit_demo.yaml"
+    train_config: str = "pipelines/configs/tiny.yaml"
+
+    @property
+    def port(self) -> int:
+        return self.serve_port or int(os.environ.get("MEERKAT_SERVE_PORT", "8000"))
 
 
 def _stage(title: str) -> float:
@@ -45,24 +76,22 @@ def _done(t0: float) -> None:
     print(f"--- done in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def submit(env: dict[str, str], *args: str) -> str:
+def submit(env: dict[str, str], *args: str) -> None:
     """``ray job submit -- python -m <args>`` with live output; raises when the job fails."""
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--", "python", "-m", *args]
     print("$ ray job submit -- python -m " + " ".join(args), flush=True)
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        lines.append(line)
         print("  " + line, end="", flush=True)
     if proc.wait() != 0:
         raise SystemExit(f"ray job failed: python -m {' '.join(args)}")
-    return "".join(lines)
 
 
 def registered_version(tracking_uri: str, name: str) -> str | None:
+    """The latest version of the registered model ``name``; None when it has none."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -70,28 +99,71 @@ def registered_version(tracking_uri: str, name: str) -> str | None:
     return max((v.version for v in versions), key=int) if versions else None
 
 
-def evaluate(env: dict[str, str], model_ref: str, data_uri: str, cache: Path, max_samples: int) -> str:
-    """``ray job submit -- python -m pipelines.evaluate``; the results table (cached per model version)."""
-    if cache.exists():
-        print(f"{model_ref} was evaluated already ({cache}); delete it to evaluate again")
-        return cache.read_text()
-    out = submit(
+def _runs(client, filter_string: str) -> list:
+    """Runs of every experiment matching ``filter_string``, newest first."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string, order_by=["attributes.start_time DESC"])
+
+
+def trained_version(tracking_uri: str, run_name: str, model_name: str) -> str:
+    """The version of ``model_name`` that the training run ``run_name`` registered (the training
+    job tags its MLflow run ``meerkat.run_name``; a version records the run it came from)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    run_ids = {r.info.run_id for r in _runs(client, f"tags.`meerkat.run_name` = '{run_name}'")}
+    if not run_ids:
+        raise LookupError(f"no MLflow run of the training run {run_name!r}")
+    versions = [
+        v.version for v in client.search_model_versions(f"name = '{model_name}'") if v.run_id in run_ids
+    ]
+    if not versions:
+        raise LookupError(f"training run {run_name!r} registered no version of {model_name!r}")
+    return max(versions, key=int)
+
+
+def evaluation_table(tracking_uri: str, model_ref: str) -> str | None:
+    """The model-against-baselines table of the latest finished demo evaluation of ``model_ref``
+    (its ``baselines.md`` artefact, see ``pipelines.evaluate``); None when there is none."""
+    import mlflow
+
+    from pipelines.evaluate import BASELINES_ARTIFACT
+
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = _runs(
+        client,
+        "tags.`meerkat.kind` = 'evaluation' and attributes.status = 'FINISHED' "
+        f"and tags.`meerkat.model_ref` = '{model_ref}' and tags.`{DEMO_TAG}` = 'true'",
+    )
+    for found in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = client.download_artifacts(found.info.run_id, BASELINES_ARTIFACT, tmp)
+            except (mlflow.exceptions.MlflowException, OSError):
+                continue  # an evaluation run without the table
+            return Path(path).read_text().strip()
+    return None
+
+
+def evaluate(env: dict[str, str], tracking_uri: str, model_ref: str, data_uri: str, max_samples: int) -> str:
+    """``ray job submit -- python -m pipelines.evaluate`` unless the demo evaluated ``model_ref``
+    already; the evaluation table, read from MLflow."""
+    table = evaluation_table(tracking_uri, model_ref)
+    if table is not None:
+        print(f"{model_ref} was evaluated already (MLflow, tag {DEMO_TAG}); its table is reused")
+        return table
+    submit(
         env,
         "pipelines.evaluate",
-        "--model",
-        model_ref,
-        "--data",
-        data_uri,
-        "--max-samples",
-        str(max_samples),
-        "--run-name",
-        f"demo-eval-{model_ref.rsplit('/', 1)[-1]}",
+        f"model={model_ref}",
+        f"data={data_uri}",
+        f"max_samples={max_samples}",
+        f"run_name=demo-eval-{model_ref.rsplit('/', 1)[-1]}",
+        f"tags={{{DEMO_TAG}: 'true'}}",
     )
-    lines = out.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("# Model against trivial baselines"))
-    last = next(i for i in range(first, len(lines)) if lines[i].startswith('{"eval_run_id"'))
-    table = "\n".join(lines[first:last]).strip()
-    cache.write_text(table + "\n")
+    table = evaluation_table(tracking_uri, model_ref)
+    if table is None:
+        raise SystemExit(f"the evaluation of {model_ref} left no table in MLflow ({tracking_uri})")
     return table
 
 
@@ -151,21 +223,12 @@ def ask_every_task(base_url: str) -> None:
         print(f"    {'':<15} truth: {truth!r}  grounding: {json.dumps(parsed)}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Meerkat on Ray, end to end on one machine.")
-    parser.add_argument("--dir", default=".local-stack")
-    parser.add_argument("--scenes", type=int, default=400, help="training scenes of the procedural world")
-    parser.add_argument("--train-steps", type=int, default=900)
-    parser.add_argument(
-        "--eval-samples", type=int, default=1000, help="held-out samples to evaluate, at most"
-    )
-    parser.add_argument("--serve-port", type=int, default=int(os.environ.get("MEERKAT_SERVE_PORT", "8000")))
-    parser.add_argument("--retrain", action="store_true", help="train again even if a model is registered")
-    args = parser.parse_args(argv)
+def run(cfg: DemoConfig) -> dict[str, str]:
+    """The six stages; returns the model reference served, its evaluation table and the demo's URL."""
     t_all = time.perf_counter()
 
     t0 = _stage("1/6 local stack: Ray head, MLflow, S3 server on 127.0.0.1")
-    config = stack.up(stack.StackConfig.from_env(args.dir))
+    config = stack.up(stack.StackConfig.from_env(cfg.dir))
     env = {**os.environ, **config.env()}
     _done(t0)
 
@@ -175,42 +238,39 @@ def main(argv: list[str] | None = None) -> None:
         env,
         "pipelines.build_avfit",
         "--config",
-        "pipelines/configs/avfit_demo.yaml",
+        cfg.build_config,
         f"out_uri={data_uri}",
-        f"world.scenes.train={args.scenes}",
+        f"world.scenes.train={cfg.scenes}",
     )
     _done(t0)
 
     t0 = _stage("3/6 training: tiny Meerkat, 2 Ray Train workers, MLflow tracking")
-    version = registered_version(config.mlflow_uri, MODEL_NAME)
-    if version is None or args.retrain:
-        out = submit(
+    version = registered_version(config.mlflow_uri, cfg.model_name)
+    if version is None or cfg.retrain:
+        run_name = f"{cfg.model_name}-{int(time.time())}"
+        submit(
             env,
             "pipelines.train",
             "--config",
-            "pipelines/configs/tiny.yaml",
+            cfg.train_config,
             f"data.uri={data_uri}/train",
             f"storage_uri=s3://{config.bucket}/runs",
-            f"optim.max_steps={args.train_steps}",
-            f"name=meerkat-tiny-{int(time.time())}",
-            f"mlflow.register_as={MODEL_NAME}",
+            f"optim.max_steps={cfg.train_steps}",
+            f"name={run_name}",
+            f"mlflow.register_as={cfg.model_name}",
         )
-        result = json.loads(
-            next(line for line in out.splitlines()[::-1] if '"mlflow_run_id"' in line).strip()
-        )
-        version = result["registered_version"]
+        version = trained_version(config.mlflow_uri, run_name, cfg.model_name)
     else:
-        print(f"model {MODEL_NAME} version {version} is registered already (--retrain to train again)")
-    model_ref = f"models:/{MODEL_NAME}/{version}"
+        print(f"model {cfg.model_name} version {version} is registered already (retrain=true to train again)")
+    model_ref = f"models:/{cfg.model_name}/{version}"
     _done(t0)
 
     t0 = _stage(f"4/6 MeerkatBench on held-out scenes: {model_ref} against the trivial baselines")
-    cache = Path(args.dir) / f"demo-eval-{MODEL_NAME}-v{version}.md"
-    table = evaluate(env, model_ref, f"{data_uri}/test", cache, args.eval_samples)
+    table = evaluate(env, config.mlflow_uri, model_ref, f"{data_uri}/test", cfg.eval_samples)
     _done(t0)
 
     t0 = _stage(f"5/6 Ray Serve: deploying {model_ref}")
-    base_url = deploy(config.env(), model_ref, args.serve_port)
+    base_url = deploy(config.env(), model_ref, cfg.port)
     _done(t0)
 
     t0 = _stage("6/6 one request per task endpoint")
@@ -224,7 +284,15 @@ def main(argv: list[str] | None = None) -> None:
         f"MLflow UI:     {config.mlflow_uri}  (experiment 'meerkat': training curves, evaluation artefacts)"
     )
     print(f"Demo page:     {base_url}/   API docs: {base_url}/docs")
-    print(f"Stop everything with: make demo-down (python -m infra.local.stack down --dir {args.dir})")
+    print(f"Stop everything with: make demo-down (python -m infra.local.stack down --dir {cfg.dir})")
+    return {"model_ref": model_ref, "table": table, "url": base_url}
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    """``python -m infra.demo [--config FILE] [a.b.c=value ...]``."""
+    from pipelines.config import from_argv
+
+    return run(from_argv(DemoConfig, argv, description="Meerkat on Ray, end to end on one machine."))
 
 
 if __name__ == "__main__":
