@@ -30,6 +30,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from meerkat_core import grounding
+
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -49,12 +51,17 @@ class TaskParams(BaseModel):
     temperature: FiniteFloat = Field(0.0, ge=0.0, le=2.0, description="0: greedy (deterministic).")
 
 
+BOX_RANGE_MESSAGE = "box values must be normalised to [0, 1]"
+BOX_ORDER_MESSAGE = "box corners are out of order: need x1 <= x2 and y1 <= y2"
+
+
 def _check_box(value: list[float]) -> list[float]:
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in value):
-        raise ValueError("box values must be normalised to [0, 1]")
-    x1, y1, x2, y2 = value
-    if x1 > x2 or y1 > y2:
-        raise ValueError("box corners are out of order: need x1 <= x2 and y1 <= y2")
+    """A box sent by a client, by the one rule for boxes (:func:`meerkat_core.grounding.validate_box`,
+    exactly [0, 1]); the error says which part of the rule failed without echoing the box."""
+    try:
+        grounding.validate_box(value)
+    except ValueError as err:
+        raise ValueError(BOX_ORDER_MESSAGE if "out of order" in str(err) else BOX_RANGE_MESSAGE) from None
     return value
 
 

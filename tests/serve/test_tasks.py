@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from meerkat_core import prompts
-from serve import tasks
+from serve import schemas, tasks
 from serve.errors import APIError
 from serve.schemas import (
     AnswerParams,
@@ -107,6 +107,26 @@ def test_factcheck_fields_that_match_no_type_are_refused(fields, fragment):
 def test_invalid_boxes_and_windows_fail_validation(fields):
     with pytest.raises(ValidationError):
         FactcheckParams(**fields)
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ([0.5, 0.1, 0.2, 0.6], schemas.BOX_ORDER_MESSAGE),
+        ([0.123, 0.1, 1.5, 0.6], schemas.BOX_RANGE_MESSAGE),
+        ([0.625, 0.1, 0.2, 1.5], schemas.BOX_RANGE_MESSAGE),  # both faults: the range is named first
+        ([-0.001, 0.1, 0.2, 0.6], schemas.BOX_RANGE_MESSAGE),  # no tolerance for a box from a client
+    ],
+)
+def test_a_bad_box_is_a_422_naming_the_field_and_the_rule_without_echoing_it(box, message):
+    from serve import inputs
+
+    with pytest.raises(APIError) as info:
+        inputs.validate(FactcheckParams, {"box": box})
+    assert info.value.status == 422
+    assert info.value.message.startswith("box: ") and message in info.value.message
+    assert not any(str(v) in info.value.message for v in box if v not in (0, 1))
+    assert FactcheckParams(box=[0.1, 0.2, 0.1, 1.0]).box == [0.1, 0.2, 0.1, 1.0]  # zero width is a box
 
 
 def test_task_grounding_reads_only_what_the_task_asks_for():
