@@ -2,10 +2,10 @@
 
 They are held-out scenes: the first scenes of the procedural world's *test* split (the ``easy``
 preset, seed 0), which training never reads (it reads the train split). Rendered with
-:mod:`pipelines.avfit.world` the first time they are asked for (about a second a scene) and kept
-in memory; that import is the ingress's only use of ``pipelines`` besides the model registry.
-Each example gives the files and what the demo page fills in: the sounding object's name (for
-``localize``) and, for ``factcheck``, its box and window written as a claim.
+:mod:`pipelines.avfit.world` the first time they are asked for and kept in memory; that import is
+the ingress's only use of ``pipelines`` besides the model registry. Each example gives the files
+and what the demo page fills in: the sounding object's name (for ``localize``) and, for
+``factcheck``, its box and window written as a claim.
 """
 
 from __future__ import annotations
