@@ -135,7 +135,7 @@ def segment_features(mel: np.ndarray, segment: Sequence[float] | None, window_se
 
     ``mel`` is one clip's ``[W, 1, T, F]`` windows of ``window_seconds`` each (frame ``t`` of window
     ``w`` at ``(w + t / (T - 1)) * window_seconds``). The region feature of a time window written in
-    a prompt (see :class:`~meerkat_core.model.MeerkatModel`); zeros when there is no segment or it
+    a prompt (see :mod:`meerkat_core.regions`); zeros when there is no segment or it
     covers no frame.
     """
     w, _, t, f = mel.shape

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from meerkat_core.config import ModelConfig, from_dict, to_dict
 
 FORMAT = 2
 CONFIG_FILE = "config.json"
@@ -89,8 +93,6 @@ def check_tensors(
 
 def write_model_meta(directory: str | Path, model: nn.Module, *, seed: int, pretrained: bool) -> Path:
     """``config.json`` and ``tokenizer/`` of a model or training-checkpoint directory."""
-    from meerkat_core.config import to_dict
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     inner = _unwrap(model)
@@ -110,6 +112,26 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
             f"{path} has format {meta['format']}; this code reads formats up to {FORMAT}"
         )
     return meta
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a model directory's frozen base: its config, seed and whether it is pretrained."""
+
+    config: ModelConfig
+    seed: int
+    pretrained: bool
+
+
+def read_model_spec(directory: str | Path) -> ModelSpec:
+    """The :class:`ModelSpec` recorded in a model directory's ``config.json``."""
+    meta = read_model_meta(directory)
+    return ModelSpec(from_dict(ModelConfig, meta["model"]), meta["seed"], meta["pretrained"])
+
+
+def read_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
+    """The model's own tokenizer, saved in its directory's ``tokenizer/``."""
+    return AutoTokenizer.from_pretrained(Path(directory) / TOKENIZER_DIR)
 
 
 def is_model_dir(directory: str | Path) -> bool:

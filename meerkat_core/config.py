@@ -21,16 +21,16 @@ Two tiers, as in torchtune/litgpt: :class:`ModelConfig` has every dimension as a
   - Revisions: ``"main"`` for all three and the tokenizer (:data:`PAPER_REVISION`): branch names,
     not commit hashes, since no commit could be verified from here. Pin them by overriding.
   - ``base_dtype = "bfloat16"``: the frozen base (both encoders, the LLM's base weights) in bf16,
-    every trainable parameter in fp32 (:func:`meerkat_core.model.build_model`).
+    every trainable parameter in fp32 (:func:`meerkat_core.builders.build_model`).
   - AVACE is the paper's: ``avace.map_tokens`` and ``avace.map_box_tokens`` (the map written back
     into the image tokens, and the box it implies as features on every token;
     :mod:`meerkat_core.attention`) are off. Neither is in the paper; both were added for the tiny
     model and are ablations here (``pipelines/ablate.py``).
 * ``"tiny"`` — the same transformers classes with small widths and depths, random weights and the
-  offline tokenizer of :mod:`meerkat_core.tokenizer`; one training step takes well under a second
-  on a laptop CPU. float32 throughout. Both AVACE write-backs are on: a random tiny LLM did not
-  learn to turn a highlighted patch region into box coordinates on its own within a CPU budget
-  (the reasons are in :mod:`meerkat_core.attention`).
+  offline tokenizer of :mod:`meerkat_core.tokenizer`, small enough to train on a CPU. float32
+  throughout. Both AVACE write-backs are on: a small random LLM would otherwise have to learn from
+  scratch to turn a highlighted patch region into box coordinates (the reasons are in
+  :mod:`meerkat_core.attention`).
 
 Decisions the paper leaves open, made here (see also the module docstrings they refer to):
 
@@ -42,9 +42,9 @@ Decisions the paper leaves open, made here (see also the module docstrings they 
 * ``llm_image_pool``: the LLM reads the AVACE-fused image tokens average-pooled k×k over the patch
   grid (1 for the paper, 2 for tiny); AVACE and L_AC always work on the full grid.
 * ``region_prompts``: a box or time window written in a prompt (fact-checking) is also given to the
-  LLM as features of what it covers (:mod:`meerkat_core.model`). Off in ``paper`` (not in the paper;
-  Llama-2 reads coordinates as text), on in ``tiny``, whose random LLM otherwise left fact-check
-  Types 1-3 at chance.
+  LLM as features of what it covers (:mod:`meerkat_core.regions`). Off in ``paper`` (not in the paper;
+  Llama-2 reads coordinates as text), on in ``tiny``, whose random LLM has no pre-trained sense of
+  where a written coordinate lies.
 
 Configs are frozen dataclasses; :func:`from_dict` builds one from nested dicts and fails loudly on
 unknown keys, :func:`to_dict` goes back (for YAML and MLflow params).
@@ -234,7 +234,7 @@ class LossConfig:
     ac_eps2: float = 1e-6
     number_label_sigma: float = 0.0
     """σ, in steps of the number grid, of Gaussian soft labels for whole-number answer tokens (see
-    :mod:`meerkat_core.model`); 0 is plain cross-entropy. Only a tokenizer with whole-number tokens
+    :mod:`meerkat_core.losses`); 0 is plain cross-entropy. Only a tokenizer with whole-number tokens
     (the offline one of ``tiny``) has any to smooth."""
 
     def __post_init__(self) -> None:
@@ -266,7 +266,7 @@ class ModelConfig:
     """Hub revision of ``tokenizer``; ``None``: the default branch. Ignored for a local directory."""
     base_dtype: str = "float32"
     """dtype of the frozen base (both encoders and the LLM's base weights): "float32" or
-    "bfloat16". Trainable parameters are always float32 (see :func:`~meerkat_core.model.build_model`)."""
+    "bfloat16". Trainable parameters are always float32 (see :func:`~meerkat_core.builders.build_model`)."""
     llm_image_pool: int = 1
     """k: the LLM reads the image patch grid average-pooled k×k (1 = all patches)."""
     max_text_tokens: int = 256
@@ -274,7 +274,7 @@ class ModelConfig:
     freeze_encoders: bool = True
     region_prompts: bool = False
     """A box or time window written in the prompt is also given to the LLM as features of what it
-    covers (see :class:`~meerkat_core.model.MeerkatModel`); not in the paper, on in ``tiny``."""
+    covers (see :mod:`meerkat_core.regions`); not in the paper, on in ``tiny``."""
 
     def __post_init__(self) -> None:
         if self.base_dtype not in BASE_DTYPES:

@@ -114,7 +114,7 @@ def llm_vocab_rows(config: ModelConfig) -> int:
 
     A pretrained tokenizer (``config.tokenizer`` set: Llama's) lacks the media placeholders; they are
     added and the embeddings resized to a multiple of 64 (see ``_llama`` in
-    :mod:`meerkat_core.model`). The offline tokenizer (``None``) is smaller than the preset's
+    :mod:`meerkat_core.builders`). The offline tokenizer (``None``) is smaller than the preset's
     ``vocab_size``, which the LLM then keeps.
     """
     if config.tokenizer is None:

@@ -1,19 +1,16 @@
-"""MeerkatModel: frozen encoders -> AVACE -> projections -> LoRA-tuned LLM, and its builders.
+"""MeerkatModel: frozen encoders -> AVACE -> projections -> LoRA-tuned LLM, composed.
 
-``forward(batch)`` returns the four terms of Eq. 4::
+The parts are built by :mod:`meerkat_core.builders` (``build_model``, ``load_model``); this module
+composes them. ``forward(batch)`` returns the four terms of Eq. 4::
 
     loss = loss_ce + λ_OT · loss_ot + λ_AC · loss_ac
 
 * ``loss_ce``: next-token cross-entropy averaged over the answer tokens of *every* sample in the
-  batch (labels are -100 elsewhere; see :mod:`meerkat_core.batching`). With
-  ``loss.number_label_sigma = σ > 0`` and a tokenizer that has whole-number tokens (box coordinates
-  ``0.00 … 1.00``, times ``0.0 … 60.0``), the target of such a token is a Gaussian of width σ grid
-  steps over the numbers of its kind instead of a one-hot: 0.41 for a true 0.40 is then nearly
-  right rather than as wrong as 0.90, which gives a box answer a gradient towards the true value
-  (STACK.md: a tiny model escaped the mean-box plateau only with such labels). σ = 0 is plain CE
-  (the presets' default); ``experiments/learn_probe.py`` trains the tiny model with σ = 1.5,
-  which in its CPU runs gave better boxes and fact-checking than σ = 0. Logits are computed only
-  from the position before the batch's first answer token on (the rest are never scored).
+  batch (labels are -100 elsewhere; see :mod:`meerkat_core.batching`), with soft labels on
+  whole-number tokens when ``loss.number_label_sigma > 0`` (:mod:`meerkat_core.losses`). Logits are
+  computed only from the position before the batch's first answer token on: the prompt's logits
+  are never scored, and projecting every position onto the vocabulary would be the largest matmul
+  of a small model's step.
 * ``loss_ot``: :func:`~meerkat_core.alignment.ot_loss` between AVACE's trainable image and audio
   projections, averaged over the samples whose image and audio really belong together
   (``ot_pair``); mismatched fact-check negatives are left out, since aligning them would teach the
@@ -33,65 +30,38 @@ Batch contract (tensors; built by :mod:`meerkat_core.batching` and :mod:`meerkat
     box_mask        [B, h, w]         sounding object's box on the patch grid (optional)
     has_box         [B] bool                                                  (optional)
     ot_pair         [B] bool          image and audio belong together         (optional, default all)
-    region_box      [B, 4]            box written in the prompt, crop coords  (optional, region prompts)
-    region_pos      [B] long          its closing-bracket token, -1 if none
-    segment_feat    [B, 2F]           batching.segment_features of the written window
-    segment_pos     [B] long          its closing-bracket token, -1 if none
-
-Region prompts (``config.region_prompts``; on in ``tiny``, off in ``paper``, not in the paper): a
-fact-check statement writes a box or a time window that the model must check against the media.
-Llama-2 reads ``[0.12, 0.30, 0.55, 0.80]`` as text it has seen in pre-training; a tiny random LLM
-has to learn from scratch to relate four number tokens to places on the patch grid, and in CPU runs
-it never did (fact-check Types 1-3 stayed at chance). So, as region-referring MLLMs do (GPT4RoI,
-Ferret: features pooled from the referred region), the written box is also given as the mean of
-the LLM-side image tokens it covers plus AVACE's mean map inside and outside it, and the written
-window as the mean log-mel frame in it; each through a zero-initialised linear layer, added to the
-embedding of the span's closing bracket (:meth:`MeerkatModel.region_features`). The text of the
-prompt is unchanged.
+    region_box, region_pos, segment_feat, segment_pos
+                                      region prompts (optional, :mod:`meerkat_core.regions`)
 
 The ``<image>`` placeholder is replaced by the LLM-side image tokens (AVACE-fused patches, pooled
 ``llm_image_pool``²) and ``<audio>`` by the audio tokens: the paper's ``z_AVT = z̃_I ‖ z̃_A ‖ z_T``
 with the chat template's system prompt in front.
 
-Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE and the two projections.
-Frozen: both encoders and the LLM's base weights. A randomly initialised LLM (the tiny preset)
-gets smooth rows for its whole-number tokens (:func:`_smooth_number_rows`), standing in for the
-ordering of numbers that a pretrained LLM already knows.
+Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE, the two projections and the region
+projections. Frozen: both encoders and the LLM's base weights. Saving writes only the trainable
+tensors, in the format :mod:`meerkat_core.checkpoint` owns.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import peft
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import (
-    AutoTokenizer,
-    ClapAudioConfig,
-    ClapAudioModel,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedTokenizerBase
 
 from meerkat_core import checkpoint, prompts
-from meerkat_core import config as cfgmod
 from meerkat_core.alignment import ot_loss
 from meerkat_core.attention import AVACE, attention_consistency_loss
 from meerkat_core.batching import IGNORE_INDEX
 from meerkat_core.config import ModelConfig
 from meerkat_core.encoders import AudioEncoder, ImageEncoder
-from meerkat_core.pretrained import check_tokenizer, load_clap_audio, load_clip_vision, load_llama
-from meerkat_core.tokenizer import load_tokenizer, number_tokens
+from meerkat_core.losses import answer_cross_entropy, number_label_targets
+from meerkat_core.regions import add_region_features, region_features, zero_linear
 
 
 @dataclass
@@ -107,7 +77,7 @@ class MediaTokens:
 
 
 class MeerkatModel(nn.Module):
-    """The audio-visual LLM, composed from parts that are built elsewhere (see :func:`build_model`)."""
+    """The audio-visual LLM, composed from parts built by :func:`~meerkat_core.builders.build_model`."""
 
     def __init__(
         self,
@@ -128,50 +98,18 @@ class MeerkatModel(nn.Module):
         self.aud_to_llm = nn.Linear(config.avace.dim, llm_dim)
         self.llm = llm
         self.tokenizer = tokenizer
-        if config.region_prompts:
-            # zero-initialised: a region prompt starts as a no-op and its features are learnt
-            self.region_box_proj = nn.Linear(llm_dim + 2, llm_dim)
-            self.region_segment_proj = nn.Linear(2 * config.audio.num_mel_bins, llm_dim)
-            for layer in (self.region_box_proj, self.region_segment_proj):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        if config.region_prompts:  # see meerkat_core.regions
+            self.region_box_proj = zero_linear(llm_dim + 2, llm_dim)
+            self.region_segment_proj = zero_linear(2 * config.audio.num_mel_bins, llm_dim)
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
-        self._init_number_labels(config.loss.number_label_sigma, llm.get_input_embeddings().num_embeddings)
-
-    def _init_number_labels(self, sigma: float, vocab: int) -> None:
-        """Buffers for the soft number labels: ``number_ids [K]`` (every whole-number token),
-        ``number_slot [V]`` (a token's index in ``number_ids`` or -1), ``number_targets [K, K]``
-        (row k: the soft label of number k; a Gaussian over the numbers of its kind)."""
-        ids, rows = [], []
-        for pairs in number_tokens(self.tokenizer).values() if sigma > 0 else ():
-            n = len(pairs)
-            steps = torch.arange(n, dtype=torch.float32)
-            rows.append(((steps[:, None] - steps[None, :]) ** 2 / (-2 * sigma**2)).softmax(dim=1))  # [n, n]
-            ids += [i for i, _ in pairs]
-        slot = torch.full((vocab,), -1, dtype=torch.long)
-        slot[torch.tensor(ids, dtype=torch.long)] = torch.arange(len(ids))
-        self.register_buffer("number_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
-        self.register_buffer("number_slot", slot, persistent=False)
-        self.register_buffer(
-            "number_targets", torch.block_diag(*rows) if rows else torch.zeros(0, 0), persistent=False
+        # soft labels of the answer loss (non-persistent: rebuilt from the tokenizer, never saved)
+        ids, slot, targets = number_label_targets(
+            tokenizer, config.loss.number_label_sigma, llm.get_input_embeddings().num_embeddings
         )
-
-    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Summed next-token CE over the non-ignored ``targets [B, L]`` of ``logits [B, L, V]``,
-        with soft labels on whole-number targets when ``number_label_sigma > 0``."""
-        keep = targets != IGNORE_INDEX
-        logp = logits[keep].float().log_softmax(dim=-1)  # [T, V]
-        tgt = targets[keep]  # [T]
-        nll = -logp.gather(1, tgt[:, None])[:, 0]  # [T]
-        if len(self.number_ids):
-            slot = self.number_slot[tgt]  # [T], -1 for non-numbers
-            is_num = slot >= 0
-            if is_num.any():
-                soft = self.number_targets[slot[is_num]]  # [T_num, K]
-                nll = nll.clone()
-                nll[is_num] = -(soft * logp[is_num][:, self.number_ids]).sum(dim=1)
-        return nll.sum()
+        self.register_buffer("number_ids", ids, persistent=False)
+        self.register_buffer("number_slot", slot, persistent=False)
+        self.register_buffer("number_targets", targets, persistent=False)
 
     # -- media -------------------------------------------------------------------------------
     def encode_media(self, pixel_values: torch.Tensor, audio_features: torch.Tensor) -> MediaTokens:
@@ -195,46 +133,16 @@ class MeerkatModel(nn.Module):
             aud_proj=av.aud_proj,
         )
 
-    def region_features(
-        self, batch: dict[str, torch.Tensor], media: MediaTokens
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, D_T]`` features of the box and of the time window written in each prompt (rows
-        without one hold garbage that :meth:`_add_regions` never uses).
-
-        Box: the LLM-side image tokens averaged over the box (each patch weighted by the fraction of
-        it the box covers) and AVACE's mean map inside and outside the box, through
-        ``region_box_proj``. Window: :func:`~meerkat_core.batching.segment_features` (the mean
-        log-mel frame in the window, and its difference from the clip's), layer-normalised,
-        through ``region_segment_proj``. Both projections start at zero.
-        """
-        img = media.img.float()  # [B, M', D_T]
-        cov = box_coverage(batch["region_box"].float(), math.isqrt(img.shape[1]))  # [B, M']
-        pooled = (cov[..., None] * img).sum(1) / cov.sum(1, keepdim=True).clamp_min(1e-6)
-        amap = media.attn_map.float().flatten(1)  # [B, g*g]
-        cm = box_coverage(batch["region_box"].float(), media.attn_map.shape[-1])
-        inside = (cm * amap).sum(1) / cm.sum(1).clamp_min(1e-6)
-        outside = ((1 - cm) * amap).sum(1) / (1 - cm).sum(1).clamp_min(1e-6)
-        box = self.region_box_proj(torch.cat([pooled, inside[:, None], outside[:, None]], dim=1))
-        seg = batch["segment_feat"].float()
-        segment = self.region_segment_proj(F.layer_norm(seg, seg.shape[-1:]))
-        return box, segment
-
     def _add_regions(
         self, text: torch.Tensor, batch: dict[str, torch.Tensor] | None, media: MediaTokens
     ) -> torch.Tensor:
-        """Add each prompt's region features to the embedding of its closing-bracket token."""
+        """``text`` with the region prompts' features added (:mod:`meerkat_core.regions`), when on."""
         if not self.config.region_prompts or batch is None or "region_pos" not in batch:
             return text
-        box, segment = self.region_features(batch, media)
-        rows = torch.arange(text.shape[0], device=text.device)
-        for feats, pos in ((box, batch["region_pos"]), (segment, batch["segment_pos"])):
-            has = pos >= 0
-            if has.any():
-                text = text.index_put((rows[has], pos[has]), feats[has].to(text.dtype), accumulate=True)
-            # Keep both projections in the graph when no row of the batch writes a box (or a window):
-            # DDP expects every trainable parameter to get a gradient on every rank at every step.
-            text = text + 0.0 * feats.sum().to(text.dtype)
-        return text
+        box, segment = region_features(
+            batch, media.img, media.attn_map, self.region_box_proj, self.region_segment_proj
+        )
+        return add_region_features(text, batch, box, segment)
 
     def _merge(
         self,
@@ -308,7 +216,9 @@ class MeerkatModel(nn.Module):
         ).logits  # [B, keep, V]
         targets = labels[:, labels.shape[1] - keep + 1 :]
         n_tokens = (targets != IGNORE_INDEX).sum()
-        loss_ce = self._cross_entropy(logits[:, :-1], targets) / n_tokens.clamp_min(1)
+        loss_ce = answer_cross_entropy(
+            logits[:, :-1], targets, self.number_ids, self.number_slot, self.number_targets
+        ) / n_tokens.clamp_min(1)
 
         lc = self.config.loss
         zero = loss_ce.new_zeros(())
@@ -387,21 +297,11 @@ class MeerkatModel(nn.Module):
         return checkpoint.save_model_dir(directory, self, seed=seed, pretrained=pretrained)
 
 
-def box_coverage(boxes: torch.Tensor, grid: int) -> torch.Tensor:
-    """``[B, grid*grid]``: the fraction of each patch cell (row-major) that box ``[B, 4]`` covers."""
-    edges = torch.arange(grid + 1, device=boxes.device, dtype=boxes.dtype) / grid  # [g+1]
-    lo, hi = edges[:-1], edges[1:]
-
-    def axis(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [B] -> [B, g]
-        return ((torch.minimum(b[:, None], hi) - torch.maximum(a[:, None], lo)) * grid).clamp(0, 1)
-
-    x, y = axis(boxes[:, 0], boxes[:, 2]), axis(boxes[:, 1], boxes[:, 3])
-    return (y[:, :, None] * x[:, None, :]).flatten(1)
-
-
 def count_parameters(
     module: nn.Module, *, trainable: bool | None = None, name_contains: str | None = None
 ) -> int:
+    """Elements of ``module``'s parameters, only the trainable (or frozen) ones when ``trainable`` is
+    given, only those whose name contains ``name_contains`` when given."""
     return sum(
         p.numel()
         for n, p in module.named_parameters()
@@ -410,230 +310,17 @@ def count_parameters(
     )
 
 
-def _clip(cfg: cfgmod.ImageEncoderConfig, pretrained: bool, dtype: torch.dtype) -> CLIPVisionModel:
-    if pretrained and cfg.name_or_path:
-        return load_clip_vision(cfg, dtype)
-    return CLIPVisionModel(
-        CLIPVisionConfig(
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            intermediate_size=cfg.intermediate_size,
-        )
-    ).to(dtype)
-
-
-def _clap(cfg: cfgmod.AudioEncoderConfig, pretrained: bool, dtype: torch.dtype) -> ClapAudioModel:
-    if pretrained and cfg.name_or_path:
-        return load_clap_audio(cfg, dtype)
-    return ClapAudioModel(
-        ClapAudioConfig(
-            spec_size=cfg.spec_size,
-            patch_size=cfg.patch_size,
-            patch_stride=[cfg.patch_size, cfg.patch_size],
-            patch_embeds_hidden_size=cfg.patch_embeds_hidden_size,
-            depths=list(cfg.depths),
-            num_attention_heads=list(cfg.num_attention_heads),
-            window_size=cfg.window_size,
-            hidden_size=cfg.hidden_size,
-            num_mel_bins=cfg.num_mel_bins,
-            enable_fusion=False,
-        )
-    ).to(dtype)
-
-
-def _llama(
-    cfg: cfgmod.LLMConfig, tokenizer: PreTrainedTokenizerBase, pretrained: bool, dtype: torch.dtype
-) -> LlamaForCausalLM:
-    if pretrained and cfg.name_or_path:
-        llm = load_llama(cfg, dtype)
-        check_tokenizer(tokenizer, llm.config, f"for {cfg.name_or_path}")
-    else:
-        llm = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=max(cfg.vocab_size, len(tokenizer)),
-                hidden_size=cfg.hidden_size,
-                intermediate_size=cfg.intermediate_size,
-                num_hidden_layers=cfg.num_hidden_layers,
-                num_attention_heads=cfg.num_attention_heads,
-                num_key_value_heads=cfg.num_key_value_heads,
-                max_position_embeddings=cfg.max_position_embeddings,
-                rms_norm_eps=cfg.rms_norm_eps,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                tie_word_embeddings=False,
-            )
-        ).to(dtype)
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        # the media placeholders of a pretrained tokenizer; their rows are never read (the
-        # placeholders are replaced by media tokens before the LLM)
-        llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
-    if not (pretrained and cfg.name_or_path):
-        _smooth_number_rows(llm, tokenizer)
-    return llm
-
-
-NUMBER_FREQUENCIES = 8
-"""Harmonics of the smooth number rows (see :func:`_smooth_number_rows`)."""
-
-
-@torch.no_grad()
-def _smooth_number_rows(llm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Random-init LLM only: the whole-number tokens' input and output rows become a smooth
-    function of their value.
-
-    A pretrained LLM knows that 0.41 lies between 0.40 and 0.42; a randomly initialised one sees
-    101 unrelated box tokens, and a tiny model stays on the mean box (STACK.md). So each number
-    ``v`` (rescaled to [0, 1] within its kind, box or time) gets the row
-    ``R · [cos(πkv), sin(πkv)]_{k=1..K} + R · c``: Fourier features of the value, a shared "this is
-    a number" component ``c``, and a random orthonormal ``R`` per kind, scaled to the norm of the
-    other rows. Nearby values then start with nearby embeddings, and the output logits over the
-    numbers start as a smooth function of the value that the trained ``lm_head`` sharpens. A no-op
-    for a tokenizer without whole-number tokens.
-    """
-    emb = llm.get_input_embeddings().weight  # [V, D]
-    head = llm.get_output_embeddings().weight  # [V, D]
-    dim = emb.shape[1]
-    k = torch.arange(1, NUMBER_FREQUENCIES + 1, dtype=torch.float32)
-    for pairs in number_tokens(tokenizer).values():
-        if len(pairs) < 2:
-            continue
-        ids = torch.tensor([i for i, _ in pairs])
-        v = torch.tensor([x for _, x in pairs], dtype=torch.float32)
-        v = (v - v.min()) / (v.max() - v.min())  # [n] in [0, 1]
-        feats = torch.cat(
-            [torch.cos(math.pi * k * v[:, None]), torch.sin(math.pi * k * v[:, None]), torch.ones(len(v), 1)],
-            dim=1,
-        )  # [n, 2K+1], every row of norm sqrt(K+1)
-        basis, _ = torch.linalg.qr(torch.randn(dim, feats.shape[1]))  # [D, 2K+1] orthonormal columns
-        rows = feats @ basis.T / math.sqrt(NUMBER_FREQUENCIES + 1)  # [n, D] unit rows
-        for weight in (emb, head):
-            norm = weight.float().norm(dim=1).mean()
-            weight[ids] = (rows * norm).to(weight.dtype)
-
-
 def base_dtype(config: ModelConfig) -> torch.dtype:
     """The dtype the LLM computes in: ``config.base_dtype``, or float32 when the whole LLM trains
     (``lora.r == 0``: trainable parameters are always float32)."""
     return torch.float32 if config.lora.full_finetune else getattr(torch, config.base_dtype)
 
 
-def _inputs_to_param_dtype(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    # the parameters' dtype at call time: float32, or FSDP's compute dtype while it is gathered
-    dtype = next(module.parameters()).dtype
-    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+def __getattr__(name: str) -> Any:
+    """``build_model`` and ``load_model`` are defined in :mod:`meerkat_core.builders` (which imports
+    this module); they stay importable from here for the callers that import them from here."""
+    if name in ("build_model", "load_model"):
+        from meerkat_core import builders
 
-
-def _output_to(dtype: torch.dtype, _module: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
-    return out.to(dtype) if torch.is_tensor(out) and out.is_floating_point() else out
-
-
-def _compute_in_float32(module: nn.Module, out_dtype: torch.dtype) -> None:
-    """A float32 module inside a lower-precision base: cast its floating inputs to float32 and its
-    floating output back to ``out_dtype``, so that its neighbours see the base dtype. (Module-level
-    hooks, so that the model still pickles.)"""
-    module.register_forward_pre_hook(_inputs_to_param_dtype)
-    module.register_forward_hook(functools.partial(_output_to, out_dtype))
-
-
-def build_model(
-    config: ModelConfig,
-    *,
-    pretrained: bool,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-) -> MeerkatModel:
-    """Build the model from a config.
-
-    Precision: the frozen base (both encoders and the LLM's base weights) is built or loaded in
-    ``config.base_dtype``; every trainable parameter (LoRA, ``modules_to_save``, AVACE, the
-    projections, the region projections; the whole LLM when ``lora.r == 0``) is float32. A module
-    trained in full inside a bfloat16 LLM (``modules_to_save``) computes in float32 and hands
-    bfloat16 on. AVACE, and so the OT and AC terms, run in float32 on the encoders' tokens cast up.
-
-    Args:
-        config: a preset from :data:`~meerkat_core.config.PRESETS` or any :class:`ModelConfig`.
-        pretrained: load encoder and LLM weights from their ``name_or_path`` (hub or directory, at
-            their ``revision``) through :mod:`meerkat_core.pretrained`, which fails on any missing,
-            unexpected or mismatched tensor; ``False`` builds the config's shapes with random
-            weights and never touches the network.
-        device: where to build; ``"meta"`` allocates nothing (shape checks of the paper preset).
-        seed: seeds every random initialisation, so the frozen random weights of a ``tiny`` model
-            are reproduced exactly when a checkpoint is loaded.
-        tokenizer: use this tokenizer (a checkpoint's own) instead of loading one.
-    """
-    if tokenizer is None:
-        tokenizer = load_tokenizer(
-            config.tokenizer if pretrained else None, config.tokenizer_revision if pretrained else None
-        )
-    frozen_dtype = getattr(torch, config.base_dtype)
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        image = ImageEncoder(_clip(config.image, pretrained, frozen_dtype), freeze=config.freeze_encoders)
-        audio = AudioEncoder(_clap(config.audio, pretrained, frozen_dtype), freeze=config.freeze_encoders)
-        llm = _llama(config.llm, tokenizer, pretrained, base_dtype(config))
-        for p in llm.parameters():
-            p.requires_grad_(False)
-        if config.lora.full_finetune:
-            for p in llm.parameters():
-                p.requires_grad_(True)
-        else:
-            llm = peft.get_peft_model(
-                llm,
-                peft.LoraConfig(
-                    r=config.lora.r,
-                    lora_alpha=config.lora.alpha,
-                    lora_dropout=config.lora.dropout,
-                    target_modules=list(config.lora.target_modules),
-                    modules_to_save=list(config.lora.modules_to_save) or None,
-                    task_type="CAUSAL_LM",
-                ),
-            )
-        avace = AVACE(
-            image.dim,
-            audio.dim,
-            config.avace.dim,
-            config.avace.num_heads,
-            image.grid,
-            config.avace.dropout,
-            map_tokens=config.avace.map_tokens,
-            map_box_tokens=config.avace.map_box_tokens,
-        )
-        model = MeerkatModel(config, image, audio, avace, llm, tokenizer)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    compute = base_dtype(config)
-    if compute != torch.float32:
-        for module in model.llm.modules():
-            if isinstance(module, peft.utils.ModulesToSaveWrapper):
-                for trained in module.modules_to_save.values():
-                    _compute_in_float32(trained, compute)
-    return model
-
-
-def load_model(
-    directory: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
-) -> MeerkatModel:
-    """Rebuild the model of a model directory or training checkpoint and load its trained state.
-
-    The trainable tensors are checked against the rebuilt model before any is copied
-    (:func:`meerkat_core.checkpoint.load_trainable`).
-    """
-    meta = checkpoint.read_model_meta(directory)
-    config = cfgmod.from_dict(ModelConfig, meta["model"])
-    tokenizer = AutoTokenizer.from_pretrained(Path(directory) / checkpoint.TOKENIZER_DIR)
-    model = build_model(
-        config,
-        pretrained=meta["pretrained"],
-        device="cpu",
-        seed=meta["seed"],
-        tokenizer=tokenizer,
-        **overrides,
-    )
-    checkpoint.load_trainable(directory, model)
-    return model.to(device).eval()
+        return getattr(builders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

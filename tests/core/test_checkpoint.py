@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from meerkat_core import checkpoint
+from meerkat_core.builders import build_model, load_model
 from meerkat_core.config import PRESETS, replace_path
-from meerkat_core.model import build_model, load_model
 
 TINY = PRESETS["tiny"]
 
@@ -42,9 +42,20 @@ def test_model_dir_and_training_checkpoint_load_the_same_weights(trained):
         assert got.keys() == want.keys()
         for name in want:
             torch.testing.assert_close(got[name], want[name], msg=f"{kind}: {name}")
-    meta = json.loads((root / "model" / "config.json").read_text())
+    meta = json.loads((root / "model" / checkpoint.CONFIG_FILE).read_text())
     assert meta["format"] == checkpoint.FORMAT and meta["seed"] == 0
     assert checkpoint.find_model_dir(root / "train") == root / "train"
+
+
+def test_the_spec_and_tokenizer_a_model_directory_records(trained):
+    model, root = trained
+    for kind in ("model", "train"):
+        spec = checkpoint.read_model_spec(root / kind)
+        assert spec == checkpoint.ModelSpec(config=TINY, seed=0, pretrained=False)
+        tokenizer = checkpoint.read_tokenizer(root / kind)
+        assert tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    with pytest.raises(FileNotFoundError, match="not a Meerkat model directory"):
+        checkpoint.read_model_spec(root)
 
 
 def test_consolidated_checkpoint_equals_the_training_checkpoint(trained, tmp_path):

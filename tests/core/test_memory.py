@@ -11,8 +11,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from meerkat_core import memory
+from meerkat_core.builders import build_model
 from meerkat_core.config import PAPER, TINY, LLMConfig, LoraConfig
-from meerkat_core.model import build_model, count_parameters
+from meerkat_core.model import count_parameters
 
 # Paper preset, by hand from its shapes (h 4096, I 11008, 32 layers, LoRA r 32 on q,k,v,o):
 LAYER = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096  # 202,383,360 per decoder layer

@@ -1,4 +1,4 @@
-"""MeerkatModel on the tiny preset (and the paper preset's shapes on the meta device)."""
+"""meerkat_core.model: MeerkatModel's composition on the tiny preset (loss terms, gradients, generation)."""
 
 from __future__ import annotations
 
@@ -10,38 +10,17 @@ import torch.nn.functional as F
 
 from meerkat_core import batching, grounding, prompts
 from meerkat_core.batching import IGNORE_INDEX
+from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
-from meerkat_core.model import build_model, count_parameters, load_model
+from meerkat_core.model import count_parameters
+from tests.core.batches import make_batch
 
 TINY = PRESETS["tiny"]
-GRID = TINY.image.grid
 
 
 @pytest.fixture(scope="module")
 def model():
     return build_model(TINY, pretrained=False, seed=0)
-
-
-def make_batch(model, answers, boxes=None, seed=0, ot_pair=None):
-    tok = model.tokenizer
-    examples = [
-        batching.encode_example(
-            tok, prompts.render_instruction("arig", random.Random(i)), a, TINY.max_text_tokens
-        )
-        for i, a in enumerate(answers)
-    ]
-    batch = batching.pad_text(examples, tok.pad_token_id)
-    batch.update(batching.box_masks(boxes or [None] * len(answers), GRID))
-    pixels, audio = [], []
-    for i in range(len(answers)):  # per-sample generators: sample i is the same whatever the batch size
-        g = torch.Generator().manual_seed(1000 * seed + i)
-        pixels.append(torch.randn(3, 224, 224, generator=g))
-        audio.append(torch.randn(1, 1, TINY.audio.frames_per_window, TINY.audio.num_mel_bins, generator=g))
-    batch["pixel_values"] = torch.stack(pixels)
-    batch["audio_features"] = torch.stack(audio)
-    if ot_pair is not None:
-        batch["ot_pair"] = torch.tensor(ot_pair)
-    return batch
 
 
 def test_loss_terms_finite_and_gradients_only_on_trainable(model):
@@ -121,38 +100,6 @@ def test_ce_counts_every_samples_answer_tokens(model):
     assert abs(model(other)["loss_ce"].item() - out["loss_ce"].item()) > 1e-4
 
 
-def test_answer_labels_cover_answer_and_eos_only(model):
-    tok = model.tokenizer
-    ex = batching.encode_example(tok, "Where?", "[0.10, 0.20, 0.50, 0.60]", 160)
-    answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
-    assert tok.decode(answer, skip_special_tokens=True).strip() == "[0.10, 0.20, 0.50, 0.60]"
-    assert answer[-1] == tok.eos_token_id
-    with pytest.raises(batching.PromptTooLongError):
-        batching.encode_example(tok, "word " * 500, "x", 160)
-
-
-def test_paper_preset_shapes_on_meta_without_download():
-    m = build_model(PRESETS["paper"], pretrained=False, device="meta")
-    z = m.image_encoder(torch.empty(1, 3, 224, 224, device="meta"))
-    assert tuple(z.shape) == (1, 197, 768)
-    llm_cfg = m.llm.get_base_model().config
-    assert llm_cfg.hidden_size == 4096 and llm_cfg.num_hidden_layers == 32
-    assert count_parameters(m.llm, name_contains="lora_") == 33_554_432
-    assert m.audio_encoder.dim == 768
-
-
-def test_save_and_load_round_trip(model, tmp_path):
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.01 * torch.randn_like(p))
-    model.save_pretrained(tmp_path, seed=0, pretrained=False)
-    again = load_model(tmp_path)
-    batch = make_batch(model, ["[0.10, 0.20, 0.50, 0.60]"], boxes=[[[0.1, 0.2, 0.5, 0.6]]])
-    model.eval()
-    torch.testing.assert_close(model(batch)["loss"], again(batch)["loss"])
-
-
 def test_tiny_overfits_eight_samples_and_generates_the_box():
     torch.manual_seed(0)
     model = build_model(TINY, pretrained=False, seed=1)
@@ -186,16 +133,6 @@ def test_tiny_overfits_eight_samples_and_generates_the_box():
     (text,) = model.generate(gen, max_new_tokens=24)
     assert text == answers[2]
     assert grounding.parse_box(text) is not None
-
-
-def test_number_rows_are_smooth_in_the_value(model):
-    from meerkat_core.tokenizer import number_tokens
-
-    emb = model.llm.get_input_embeddings().weight
-    ids = [i for i, _ in number_tokens(model.tokenizer)["box"]]
-    rows = F.normalize(emb[ids].float(), dim=1)
-    sim = rows @ rows.T  # [101, 101]
-    assert sim[40, 41] > 0.95 and sim[40, 41] > sim[40, 50] > sim[40, 90]
 
 
 def test_soft_number_labels_reward_near_misses_and_zero_sigma_is_plain_ce():

@@ -16,9 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from meerkat_core import checkpoint, parallel
+from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS, replace_path
-from meerkat_core.model import build_model
-from tests.core.test_model import make_batch
+from tests.core.batches import make_batch
 
 ANSWERS = [
     ["[0.10, 0.20, 0.50, 0.60]", "[0.30, 0.30, 0.90, 0.70]"],

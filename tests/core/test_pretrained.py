@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from meerkat_core import batching, media, pretrained
+from meerkat_core.builders import build_model
 from meerkat_core.config import replace_path
-from meerkat_core.model import build_model
 from tests.fixtures.pretrained import paper_config
 
 

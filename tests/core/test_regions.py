@@ -1,4 +1,4 @@
-"""Region prompts: a box or time window written in the prompt, given to the LLM as features."""
+"""meerkat_core.regions: a box or time window written in the prompt, given to the LLM as features."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from meerkat_core import batching, prompts
+from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
-from meerkat_core.model import box_coverage, build_model, count_parameters
+from meerkat_core.model import count_parameters
+from meerkat_core.regions import add_region_features, box_coverage, region_features, zero_linear
 
 TINY = PRESETS["tiny"]
 
@@ -18,62 +21,6 @@ TINY = PRESETS["tiny"]
 @pytest.fixture(scope="module")
 def model():
     return build_model(TINY, pretrained=False, seed=0)
-
-
-def _token_text(tok, instruction: str, pos: int) -> str:
-    ids = tok(prompts.chat_prompt(instruction), add_special_tokens=True)["input_ids"]
-    return tok.decode(ids[pos : pos + 1])
-
-
-def test_prompt_regions_find_the_closing_brackets(model):
-    tok = model.tokenizer
-    ins = prompts.render_instruction(
-        "avfact", random.Random(3), fact_type=3, box=(0.1, 0.2, 0.5, 0.6), segment=(3.5, 7.0)
-    )
-    found = batching.prompt_regions(tok, ins)
-    assert found["box"] == pytest.approx((0.1, 0.2, 0.5, 0.6))
-    assert found["segment"] == pytest.approx((3.5, 7.0))
-    assert "]" in _token_text(tok, ins, found["box_pos"])
-    assert "]" in _token_text(tok, ins, found["segment_pos"])
-    # the positions index the prompt's tokens, which encode_example starts with
-    enc = batching.encode_example(tok, ins, "True", TINY.max_text_tokens)
-    prompt_len = sum(1 for label in enc["labels"] if label == batching.IGNORE_INDEX)
-    assert found["box_pos"] < prompt_len and found["segment_pos"] < prompt_len
-    # decoding the tokens before the bracket gives back the written box
-    ids = enc["input_ids"][: found["box_pos"] + 1]
-    assert tok.decode(ids).endswith("[0.10, 0.20, 0.50, 0.60]")
-
-
-def test_prompt_regions_none_and_malformed(model):
-    tok = model.tokenizer
-    assert batching.prompt_regions(tok, "Where is the sound? <image> <audio>") == {
-        "box": None,
-        "box_pos": -1,
-        "segment": None,
-        "segment_pos": -1,
-    }
-    # corners out of order is no box; three numbers is neither
-    found = batching.prompt_regions(tok, "Box [0.9, 0.2, 0.1, 0.6] or [1, 2, 3]?")
-    assert found["box"] is None and found["segment"] is None
-    # only the first box counts
-    found = batching.prompt_regions(tok, "[0.10, 0.10, 0.20, 0.20] then [0.30, 0.30, 0.40, 0.40]")
-    assert found["box"] == pytest.approx((0.1, 0.1, 0.2, 0.2))
-
-
-def test_segment_features_by_hand():
-    # two windows of 10 s, 11 frames each (frame t of window w at w*10 + t seconds), 2 mel bins
-    mel = np.zeros((2, 1, 11, 2), np.float32)
-    mel[0, 0, :, 0] = np.arange(11)  # bin 0 rises in window 0
-    mel[1, 0, :, 1] = 5.0  # bin 1 is on in window 1
-    feat = batching.segment_features(mel, (2.0, 4.0), 10.0)  # frames 2, 3, 4 of window 0
-    clip_mean = mel[:, 0].reshape(22, 2).mean(axis=0)
-    np.testing.assert_allclose(feat[:2], [3.0, 0.0])
-    np.testing.assert_allclose(feat[2:], np.array([3.0, 0.0]) - clip_mean)
-    # window 0's last frame (10 s) and window 1's frames 0-2 (10, 11, 12 s)
-    feat = batching.segment_features(mel, (10.0, 12.0), 10.0)
-    np.testing.assert_allclose(feat[:2], [10 / 4, 15 / 4])
-    assert not batching.segment_features(mel, None, 10.0).any()
-    assert not batching.segment_features(mel, (30.0, 40.0), 10.0).any()
 
 
 def test_box_coverage_by_hand():
@@ -86,30 +33,34 @@ def test_box_coverage_by_hand():
     torch.testing.assert_close(cov[1].reshape(4, 4), expected1)
 
 
-def test_collate_shifts_positions_by_left_padding():
-    def row(n, pos):
-        return {
-            "pixel_values": np.zeros((3, 2, 2), np.float32),
-            "audio_features": np.zeros((1, 1, 2, 2), np.float32),
-            "input_ids": np.arange(n),
-            "labels": np.full(n, -100),
-            "box_mask": np.zeros((2, 2), np.float32),
-            "has_box": False,
-            "ot_pair": True,
-            "region_box": np.zeros(4, np.float32),
-            "region_pos": np.int64(pos),
-            "segment_feat": np.zeros(4, np.float32),
-            "segment_pos": np.int64(-1),
-        }
+def test_zero_linear_starts_at_zero():
+    layer = zero_linear(3, 2)
+    assert not layer.weight.any() and not layer.bias.any()
+    assert not layer(torch.randn(4, 3)).any()
 
-    rows = [row(5, 3), row(8, 6), row(6, -1)]
-    right = batching.collate(rows, 0, side="right")
-    left = batching.collate(rows, 0, side="left")
-    assert right["region_pos"].tolist() == [3, 6, -1]
-    assert left["region_pos"].tolist() == [3 + 3, 6, -1]
-    for i in range(2):  # the same token either way
-        p_r, p_l = right["region_pos"][i], left["region_pos"][i]
-        assert right["input_ids"][i, p_r] == left["input_ids"][i, p_l]
+
+def test_add_region_features_adds_at_the_closing_brackets_only():
+    text = torch.zeros(3, 5, 2)
+    batch = {"region_pos": torch.tensor([1, -1, 4]), "segment_pos": torch.tensor([1, 2, -1])}
+    box = torch.tensor([[1.0, 1.0], [9.0, 9.0], [2.0, 3.0]])
+    segment = torch.tensor([[10.0, 0.0], [20.0, 0.0], [9.0, 9.0]])
+    out = add_region_features(text, batch, box, segment)
+    expected = torch.zeros(3, 5, 2)
+    expected[0, 1] = torch.tensor([11.0, 1.0])  # box and window at the same token add up
+    expected[1, 2] = torch.tensor([20.0, 0.0])
+    expected[2, 4] = torch.tensor([2.0, 3.0])
+    torch.testing.assert_close(out, expected)
+
+
+def test_region_features_pool_the_image_tokens_the_box_covers():
+    # a 2 x 2 grid of LLM-side tokens whose feature is the token's index; the box covers the left half
+    image_tokens = torch.arange(4, dtype=torch.float32).reshape(1, 4, 1)
+    attn_map = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # all attention on the left half
+    batch = {"region_box": torch.tensor([[0.0, 0.0, 0.5, 1.0]]), "segment_feat": torch.tensor([[1.0, 3.0]])}
+    box, segment = region_features(batch, image_tokens, attn_map, nn.Identity(), nn.Identity())
+    # tokens 0 and 2 (the left column): mean 1; attention inside 1, outside 0
+    torch.testing.assert_close(box, torch.tensor([[1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(segment, torch.tensor([[-1.0, 1.0]]), atol=1e-3, rtol=0)  # layer-normalised
 
 
 def _fact_batch(model, box, segment=(2.0, 5.0), side="right"):
