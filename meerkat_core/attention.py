@@ -27,19 +27,17 @@ The module (paper §3.2, Algorithm 1 line 3: ``z̃_I, z̃_A, A^c = AVACE(z_I, z_
      evenly over the box, and a uniform distribution over an interval of width ``w`` has standard
      deviation ``w/√12``, so the map's spatial mean ``μ`` and deviation ``σ`` give the box
      ``μ ± √3·σ`` per axis. The moments are those of ``(A^c)³``, not of ``A^c``: Eq. 3 charges
-     the background only its *mean* level, so a trained map keeps a faint floor (about 0.15 of
-     its peak) over the large area outside the box, which holds some 40% of the plain map's mass
-     and inflates σ; the cube keeps the box and drops the floor (on trained maps of the procedural
-     world the implied box's IoU with the true box rose from 0.31 to 0.67). The box's four
-     coordinates, as sin/cos features of the value (:func:`fourier_features`, the kind of
-     features the tiny LLM's number tokens start from, see :mod:`meerkat_core.model`), go through
-     a learned projection (zero at init) that is added to every image token.
+     the background only its *mean* level, so a trained map keeps a faint floor over the large
+     area outside the box, which carries a large share of the plain map's mass and inflates σ;
+     the cube keeps the box and drops the floor. The box's four coordinates, as sin/cos features
+     of the value (:func:`fourier_features`, the kind of features the tiny LLM's number tokens
+     start from, see :mod:`meerkat_core.builders`), go through a learned projection (zero at
+     init) that is added to every image token.
 
    Why the second channel: with only the local one, a small LLM has to learn to turn a
-   highlighted region into edge coordinates (a min and a max over patches) from scratch, and in a
-   few CPU minutes it did not (the tiny model chose the right object 88% of the time yet its box
-   reached a mean IoU of 0.32); with it, the same budget gave 0.69. It is differentiable, so the
-   answer's loss reaches the map through it too.
+   highlighted region into edge coordinates (a min and a max over patches) from scratch, which
+   it can pick the right object long before it can do; the implied box hands it the coordinates
+   directly. It is differentiable, so the answer's loss reaches the map through it too.
 
 :func:`attention_consistency_loss` is Eq. 3 verbatim.
 """

@@ -9,9 +9,11 @@ On top of the BPE it adds, as whole tokens:
 
 * the special tokens ``<s> </s> <unk> <pad>`` and the media placeholders ``<image> <audio> <obj>``;
 * every box coordinate ``0.00 … 1.00`` and every time ``0.0 … 60.0``: one token per number, so a
-  box is four tokens. Digit-by-digit numbers left a tiny model stuck on the mean box in the
-  experiments recorded in STACK.md. The text format does not change: ``"[0.12, 0.30, 0.55, 0.80]"``
-  is still what is written and parsed; the paper preset's Llama tokenizer splits it into digits.
+  box is four tokens. A small random model has to learn the value of a digit-by-digit number from
+  its parts, and tends to settle on the mean box instead; one token per number gives each value a
+  row of its own, which :mod:`meerkat_core.builders` starts as a smooth function of the value. The
+  text format does not change: ``"[0.12, 0.30, 0.55, 0.80]"`` is still what is written and parsed;
+  the paper preset's Llama tokenizer splits it into digits.
 
 Whichever tokenizer is used, :func:`ensure_special_tokens` makes sure the placeholders exist.
 """
@@ -59,7 +61,7 @@ def _corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def build_offline_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """Train the deterministic byte-level BPE of the ``tiny`` preset (about a second)."""
+    """Train the deterministic byte-level BPE of the ``tiny`` preset (once per process and size)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
