@@ -8,15 +8,15 @@ way: a typed config and a plain function taking it (``train.run(cfg)``, ``evalua
 
     python -m pipelines.<job> [--config FILE] [a.b.c=value ...]
 
-This module is the one owner of that command line and of the overrides' syntax; jobs that compose
-(the ablation, the demo) build configs and call the functions, never each other's command lines.
+This module is the one owner of that command line and of the overrides' syntax. Jobs that compose
+build configs and call the functions (the ablation) or submit the jobs as a user would (the demo),
+and read what they produced from their return values or MLflow, never from their output.
 
 Each job declares its config as a tree of frozen dataclasses (fields documented where declared);
 :func:`load_config` reads the YAML, applies ``a.b.c=value`` overrides (the value parsed as YAML, so
 ``1e-4``, ``true``, ``[1, 2]`` work) and builds the tree with
 :func:`meerkat_core.config.from_dict`, which rejects unknown keys and wrong types. A YAML may name
-``base: other.yaml`` (relative to itself) to start from another file: the ablations are a base plus
-the one thing they change.
+``base: other.yaml`` (relative to itself) to start from another file and change only what differs.
 
 The model section is ``{preset: tiny|paper, ...}``: the named preset with any of its fields
 overridden (``model.loss.lambda_ac=0``); :func:`resolve_model` turns it into a ``ModelConfig``.

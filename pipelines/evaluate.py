@@ -448,8 +448,7 @@ def iter_json_members(shard_uri: str) -> Iterator[bytes]:
     """The ``.json`` members of one shard: the media members are passed over, never decoded.
 
     The shard is fetched in one read (shards are size-capped) and walked in memory: a tar streamed
-    from S3 in tarfile's small records costs one request per record, which took minutes per split
-    against the local S3 server.
+    from S3 in tarfile's small records would cost one request per record.
     """
     import io
     import tarfile

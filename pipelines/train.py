@@ -93,7 +93,7 @@ class OptimSpec:
 @dataclass(frozen=True)
 class CheckpointSpec:
     every: int = 50
-    """Steps between checkpoints (also a ``ray.train.report``, a barrier of ~2 s: keep it sparse)."""
+    """Steps between checkpoints (also a ``ray.train.report``, a barrier of every worker: keep it sparse)."""
     keep: int = 2
 
 
@@ -153,7 +153,9 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# The training loop (runs on every Ray Train worker)
+# The training loop (runs on every Ray Train worker): its steps first, then the recipe that calls
+# them in order, train_loop_per_worker: _setup, _start_tracking, then per optimizer step
+# _train_step, _log and _checkpoint.
 # --------------------------------------------------------------------------------------------------
 
 

@@ -46,6 +46,27 @@ def test_grad_accumulation_reaches_the_effective_batch():
         load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", ["scaling.strategy=zero"])
 
 
+def test_fault_hook_kills_only_the_chosen_rank_at_the_step_on_the_first_attempt(monkeypatch):
+    """The resume tests' SIGKILL (tests/pipelines/faults.py), checked without killing anything; the
+    production config has no such field."""
+    import dataclasses
+    import signal
+
+    from tests.pipelines import faults
+
+    killed, slept = [], []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    hook = faults.KillAt(7)
+    for rank, step, attempt in ((0, 7, 0), (1, 6, 0), (1, 8, 0), (1, 7, 1)):
+        hook(rank, {"step": step, "attempt": attempt})
+    assert killed == []
+    hook(1, {"step": 7, "attempt": 0})
+    assert killed == [(os.getpid(), signal.SIGKILL)] and slept == [1.5]  # three controller polls first
+    assert "fail_at_step" not in {f.name for f in dataclasses.fields(TrainJobConfig)}
+
+
 def test_epochs_needed_covers_max_steps_with_a_margin():
     from pipelines.train import epochs_needed
 
