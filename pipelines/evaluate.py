@@ -48,7 +48,6 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -383,60 +382,6 @@ def caption_budget(references: Sequence[str], tokenizer: Any, floor: int = 48) -
     return max(floor, longest + 1)
 
 
-def fetch_tokenizer(model_ref: str, dst: str | Path) -> Path:
-    """The tokenizer directory of ``model_ref`` alone, copied under ``dst`` when it is remote.
-
-    A registered model or run (``models:/``, ``runs:/``, ``mlflow-artifacts:``) is a pyfunc model
-    whose ``MLmodel`` file names where its model directory lies (the ``meerkat`` artifact,
-    ``registry.PYFUNC_ARTIFACT``): that file and ``<directory>/tokenizer`` are downloaded, not the
-    weights. An S3 checkpoint: the objects below the model directory's ``tokenizer/`` only (the model
-    directory is the shallowest folder holding ``config.json`` and ``tokenizer/``). A local directory
-    is read in place.
-    """
-    from pipelines import registry, storage
-
-    dst = Path(dst)
-    if model_ref.startswith(("models:/", "runs:/", "mlflow-artifacts:")):
-        import mlflow
-        import yaml
-
-        base = model_ref.rstrip("/")
-        mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=str(dst))
-        spec = yaml.safe_load(Path(mlmodel).read_text(encoding="utf-8")) or {}
-        try:
-            sub = spec["flavors"]["python_function"]["artifacts"][registry.PYFUNC_ARTIFACT]["path"]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"{model_ref} is not a Meerkat pyfunc model: its MLmodel has no "
-                f"python_function artifact {registry.PYFUNC_ARTIFACT!r}"
-            ) from None
-        uri = f"{base}/{sub.strip('/')}/{registry.TOKENIZER_DIR}"
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst / "tokenizer_dl")))
-    if model_ref.startswith("s3://"):
-        root = model_ref.rstrip("/")
-        keys = [uri[len(root) + 1 :] for uri in storage.list_prefix(root)]
-        homes = set()  # folders (relative, "" or ending in "/") holding tokenizer/ and config.json
-        for key in keys:
-            parts = key.split("/")
-            for i, part in enumerate(parts[:-1]):
-                home = "".join(f"{p}/" for p in parts[:i])
-                if part == registry.TOKENIZER_DIR and f"{home}config.json" in keys:
-                    homes.add(home)
-        if not homes:
-            raise FileNotFoundError(
-                f"no model directory with config.json and {registry.TOKENIZER_DIR}/ under {model_ref}"
-            )
-        prefix = min(homes, key=lambda h: (h.count("/"), h)) + f"{registry.TOKENIZER_DIR}/"
-        out = dst / registry.TOKENIZER_DIR
-        for key in keys:
-            if key.startswith(prefix):
-                target = out / key[len(prefix) :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(storage.read_bytes(f"{root}/{key}"))
-        return out
-    return registry.find_model_dir(model_ref) / registry.TOKENIZER_DIR
-
-
 def caption_splits(data_uris: Sequence[str]) -> list[str]:
     """The split directories whose manifest counts captioning samples (``counts.task.avc``)."""
     from pipelines.avfit.shards import read_manifest
@@ -465,7 +410,7 @@ def measure_caption_budget(
     model_ref: str, data_uris: Sequence[str], *, paper_splits: bool, floor: int = 48
 ) -> tuple[int, int]:
     """``(budget, n_references)``: ``caption_budget`` over the captioning references of the data,
-    with the model's own tokenizer (``fetch_tokenizer``: not the whole model).
+    with the model's own tokenizer (``registry.fetch_tokenizer``: not the whole model).
 
     Only the splits whose manifest counts captions are read, and of those only the ``.json``
     members (``iter_json_members``), in this process; with ``paper_splits`` a caption outside its
@@ -476,6 +421,7 @@ def measure_caption_budget(
 
     from transformers import AutoTokenizer
 
+    from pipelines import registry
     from pipelines.avfit.shards import shard_uris
     from pipelines.report import PAPER_SPLITS
 
@@ -496,7 +442,7 @@ def measure_caption_budget(
         return floor, 0
     scratch = tempfile.mkdtemp(prefix="meerkat-tokenizer-")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(fetch_tokenizer(model_ref, scratch))
+        tokenizer = AutoTokenizer.from_pretrained(registry.fetch_tokenizer(model_ref, scratch))
         return caption_budget(references, tokenizer, floor), len(references)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -552,13 +498,16 @@ def predict(
 
 
 def _train_run_id(model_ref: str) -> str | None:
-    """The training run a registered model was logged from (MLflow's record of the model), or None
-    for a reference outside the Model Registry."""
+    """The run a registered model version was logged from (its training run), or None for a
+    reference outside the Model Registry; ``latest`` and aliases resolve to their version first."""
     import mlflow
 
-    if not model_ref.startswith("models:/"):
+    from pipelines import registry
+
+    if registry.parse_model_ref(model_ref).kind != "registry":
         return None
-    return mlflow.models.get_model_info(model_ref).run_id
+    parsed = registry.parse_model_ref(registry.resolve_version(model_ref))
+    return mlflow.MlflowClient().get_model_version(parsed.name, parsed.version).run_id
 
 
 def prompt_templates_version() -> str:

@@ -408,55 +408,6 @@ def test_caption_budget_reads_only_caption_splits_json_and_the_tokenizer(
     assert list(scratch.iterdir()) == []  # the scratch directory is removed
 
 
-def test_fetch_tokenizer_downloads_the_tokenizer_not_the_model(tiny_model_dir, tmp_path, monkeypatch):
-    """A registered pyfunc model (the MLmodel's ``meerkat`` artifact) and an S3 training checkpoint:
-    only the tokenizer's files (and the MLmodel file) arrive."""
-    import mlflow
-    from transformers import AutoTokenizer
-
-    from pipelines import registry, storage
-
-    expected = AutoTokenizer.from_pretrained(tiny_model_dir / registry.TOKENIZER_DIR).get_vocab()
-    tokenizer_files = {p.name for p in (tiny_model_dir / registry.TOKENIZER_DIR).rglob("*") if p.is_file()}
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = mlflow.create_experiment("fetch", artifact_location=(tmp_path / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        version = registry.log_and_register(tiny_model_dir, registered_name="fetch-tok")
-    got = evaluate.fetch_tokenizer(f"models:/fetch-tok/{version}", tmp_path / "dl")
-    assert AutoTokenizer.from_pretrained(got).get_vocab() == expected
-    arrived = {p.name for p in (tmp_path / "dl").rglob("*") if p.is_file()}
-    assert arrived == tokenizer_files | {"MLmodel"}, arrived
-
-    # An S3 checkpoint: a Ray Train checkpoint folder holding the model directory.
-    bucket = tmp_path / "bucket"
-    import shutil
-
-    shutil.copytree(tiny_model_dir, bucket / "run" / "checkpoint_000001" / "model")
-    (bucket / "run" / "notes").mkdir()
-    (bucket / "run" / "notes" / "tokenizer.txt").write_text("not a tokenizer")
-    read = []
-
-    def list_prefix(uri):
-        return [
-            f"s3://b/{p.relative_to(bucket)}"
-            for p in sorted((bucket / uri[len("s3://b/") :]).rglob("*"))
-            if p.is_file()
-        ]
-
-    def read_bytes(uri):
-        read.append(uri)
-        return (bucket / uri[len("s3://b/") :]).read_bytes()
-
-    monkeypatch.setattr(storage, "list_prefix", list_prefix)
-    monkeypatch.setattr(storage, "read_bytes", read_bytes)
-    got = evaluate.fetch_tokenizer("s3://b/run", tmp_path / "s3dl")
-    assert AutoTokenizer.from_pretrained(got).get_vocab() == expected
-    assert {u.rsplit("/", 1)[-1] for u in read} == tokenizer_files
-    assert all("/checkpoint_000001/model/tokenizer/" in u for u in read)
-
-
 def test_answerer_skips_and_counts_damaged_samples_and_answers_the_rest(tiny_model_dir, monkeypatch):
     """The actor outside Ray: the shared decode (a bad json member counted, a task not asked for
     passed over uncounted), then one generation batch for the kept samples."""
@@ -485,3 +436,26 @@ def test_answerer_skips_and_counts_damaged_samples_and_answers_the_rest(tiny_mod
     assert all(isinstance(text, str) for text in out["prediction"])
     assert out["attn"].shape[0] == 2
     assert reported == [{"bad_json": 1}]
+
+
+def test_evaluation_parent_is_the_registered_versions_training_run(mlflow_server, monkeypatch):
+    """Registry references (a version, ``latest``, an alias, read by ``registry.parse_model_ref``)
+    name their training run; other references have none."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    tag = uuid.uuid4().hex[:6]
+    exp = client.create_experiment(f"parent-{tag}")
+    first, second = (client.create_run(exp).info.run_id for _ in range(2))
+    name = f"parent-{tag}"
+    client.create_registered_model(name)
+    for run_id in (first, second):
+        client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    assert evaluate._train_run_id(f"models:/{name}/1") == first
+    assert evaluate._train_run_id(f"models:/{name}/latest") == second
+    assert evaluate._train_run_id(f"models:/{name}@champion") == first
+    assert evaluate._train_run_id("s3://b/runs/checkpoint_000001") is None
+    assert evaluate._train_run_id(f"runs:/{first}/model") is None
