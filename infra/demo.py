@@ -148,6 +148,8 @@ def evaluation_table(tracking_uri: str, model_ref: str) -> str | None:
 def evaluate(env: dict[str, str], tracking_uri: str, model_ref: str, data_uri: str, max_samples: int) -> str:
     """``ray job submit -- python -m pipelines.evaluate`` unless the demo evaluated ``model_ref``
     already; the evaluation table, read from MLflow."""
+    from pipelines import registry
+
     table = evaluation_table(tracking_uri, model_ref)
     if table is not None:
         print(f"{model_ref} was evaluated already (MLflow, tag {DEMO_TAG}); its table is reused")
@@ -158,7 +160,7 @@ def evaluate(env: dict[str, str], tracking_uri: str, model_ref: str, data_uri: s
         f"model={model_ref}",
         f"data={data_uri}",
         f"max_samples={max_samples}",
-        f"run_name=demo-eval-{model_ref.rsplit('/', 1)[-1]}",
+        f"run_name=demo-eval-{registry.parse_model_ref(model_ref).version}",
         f"tags={{{DEMO_TAG}: 'true'}}",
     )
     table = evaluation_table(tracking_uri, model_ref)

@@ -75,14 +75,19 @@ def test_evaluation_table_is_the_demo_evaluation_runs_artefact(mlflow_server, tm
     assert later != first and demo.evaluation_table(mlflow_server, ref) == later
 
 
-def test_evaluate_stage_submits_once_and_passes_nothing_through_stdout(mlflow_server, tmp_path, monkeypatch):
+def test_evaluate_stage_submits_once_and_passes_nothing_through_stdout(mlflow_server, monkeypatch):
     """The evaluation job's command line the demo builds is a valid ``pipelines.evaluate`` config;
     a second demo reuses the evaluation found in MLflow without submitting."""
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
-    ref = str(tmp_path / f"model-{uuid.uuid4().hex[:6]}")
+    client = mlflow.MlflowClient()
+    name = f"demo-stage-{uuid.uuid4().hex[:6]}"
+    train_run = client.create_run(client.create_experiment(name)).info.run_id
+    client.create_registered_model(name)
+    client.create_model_version(name, source=f"runs:/{train_run}/model", run_id=train_run)
+    ref = f"models:/{name}/1"
     submitted = []
 
     def fake_submit(env, module, *args):
@@ -106,6 +111,10 @@ def test_evaluate_stage_submits_once_and_passes_nothing_through_stdout(mlflow_se
     cfg = from_argv(evaluate.EvaluateConfig, list(args))
     assert module == "pipelines.evaluate"
     assert (cfg.model, cfg.data_uris, cfg.max_samples) == (ref, ["s3://b/avfit/test"], 7)
-    assert cfg.tags == {demo.DEMO_TAG: "true"}
+    assert cfg.tags == {demo.DEMO_TAG: "true"} and cfg.run_name == "demo-eval-1"
+    evaluation = client.search_runs(
+        [client.get_experiment_by_name("meerkat").experiment_id], f"tags.`meerkat.model_ref` = '{ref}'"
+    )
+    assert [r.data.tags["mlflow.parentRunId"] for r in evaluation] == [train_run]  # nested under its training
     assert demo.evaluate({}, mlflow_server, ref, "s3://b/avfit/test", 7) == table
     assert len(submitted) == 1  # reused
