@@ -120,7 +120,7 @@ def _replay(
             losses = []
             for i, r in enumerate(ranks):
                 counts: dict = {}
-                rows = [prep._row(k, *samples[k], counts, 0) for k in batches[step][r]]
+                rows = [prep._row(samples[k], counts, 0) for k in batches[step][r]]
                 batch = collate(_columns(rows))
                 batch.pop("epoch", None)
                 last = i == len(ranks) - 1
@@ -214,7 +214,7 @@ def test_paper_path_fsdp_kill_resume_replay_restore_and_serve(
     samples = {}
     for uri in shard_uris(data_uri):
         for s in shard_samples({"uri": uri, "epoch": 0}):
-            samples[s["__key__"]] = (s["jpg"], s["flac"], s["json"])
+            samples[s["__key__"]] = {m: s[m] for m in ("__key__", "jpg", "flac", "json")}
     replay, wrong = tmp_path / "replay", tmp_path / "replay-rank0-only"
     for out_dir, ranks in ((replay, (0, 1)), (wrong, (0,))):
         spawn_args = (_free_port(), args, batches, samples, str(out_dir), ranks)
