@@ -12,11 +12,16 @@ from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 from pipelines.config import load_config
 
 
-def _stage_tasks_per_node(ray, since: set[str]) -> dict[str, Counter[str]]:
-    """Finished Ray Data tasks of the read (``group_samples``) and preprocessing stages, per node."""
+def _stage_tasks_per_node(address: str, since: set[str]) -> dict[str, Counter[str]]:
+    """Finished Ray Data tasks of the read (``group_samples``) and preprocessing stages, per node.
+
+    The state API is asked at the test cluster's ``address``: without one it looks for a local Ray
+    and refuses when it finds several (other Ray instances on the same machine)."""
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000, raise_on_missing_output=False)
+    tasks = list_tasks(
+        address=address, filters=[("state", "=", "FINISHED")], limit=10_000, raise_on_missing_output=False
+    )
     out: dict[str, Counter[str]] = {"read": Counter(), "preprocess": Counter()}
     for t in tasks:
         if t.task_id in since:
@@ -52,15 +57,21 @@ def test_four_nodes_stream_and_train(s3_server, mlflow_server, tmp_path, monkeyp
         ray.init(address=cluster.address)
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         assert len(nodes) == 4
-        before = {t.task_id for t in list_tasks(limit=10_000, raise_on_missing_output=False)}
+        before = {
+            t.task_id
+            for t in list_tasks(address=cluster.address, limit=10_000, raise_on_missing_output=False)
+        }
         cfg = data.DataConfig(uri=data_uri, mix_shards=1, preprocess_cpus=0.5)
         rows = list(data.build_dataset(cfg, PRESETS["tiny"], None).iter_rows())
         assert len(rows) == shards.read_manifest(data_uri)["total"]
-        stream = _stage_tasks_per_node(ray, before)
+        stream = _stage_tasks_per_node(cluster.address, before)
         print(f"\nstream, tasks per node: { ({k: sorted(v.values()) for k, v in stream.items()}) }")
         assert len(stream["read"]) >= 3 and len(stream["preprocess"]) >= 3, stream
 
-        before = {t.task_id for t in list_tasks(limit=10_000, raise_on_missing_output=False)}
+        before = {
+            t.task_id
+            for t in list_tasks(address=cluster.address, limit=10_000, raise_on_missing_output=False)
+        }
         name = f"four-{uuid.uuid4().hex[:6]}"
         job = load_config(
             train.TrainJobConfig,
@@ -82,7 +93,7 @@ def test_four_nodes_stream_and_train(s3_server, mlflow_server, tmp_path, monkeyp
             ],
         )
         train.run(job)
-        trained = _stage_tasks_per_node(ray, before)
+        trained = _stage_tasks_per_node(cluster.address, before)
         print(
             f"training (2 workers), tasks per node: { ({k: sorted(v.values()) for k, v in trained.items()}) }"
         )
