@@ -166,7 +166,7 @@ def _setup_model(cfg: TrainJobConfig, model_cfg: ModelConfig, device: torch.devi
     FSDP), ``wrapped`` what the loop calls (the DDP wrapper under DDP, the model itself under FSDP).
     """
     from meerkat_core import parallel
-    from meerkat_core.model import build_model
+    from meerkat_core.builders import build_model
 
     model = build_model(model_cfg, pretrained=cfg.pretrained, seed=cfg.seed)
     if cfg.scaling.strategy == "fsdp":

@@ -185,8 +185,8 @@ def test_generation_budget_without_reading_the_data():
 def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path, monkeypatch):
     import mlflow
 
+    from meerkat_core.builders import build_model
     from meerkat_core.config import PRESETS
-    from meerkat_core.model import build_model
     from pipelines import registry
     from pipelines.avfit import shards
     from pipelines.avfit.world import WORLD_PRESETS, iter_samples
@@ -347,8 +347,8 @@ def test_every_evaluation_run_records_its_protocol_version_and_compare_reads_it(
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
+    from meerkat_core.builders import build_model
     from meerkat_core.config import PRESETS
-    from meerkat_core.model import build_model
 
     model = build_model(PRESETS["tiny"], pretrained=False, seed=0)
     return model.save_pretrained(tmp_path_factory.mktemp("tiny") / "m", seed=0, pretrained=False)

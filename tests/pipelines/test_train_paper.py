@@ -146,7 +146,7 @@ def _last_logged(client, run_id: str, key: str) -> dict[int, float]:
 
 def _trainable(directory: Path, model_cfg) -> dict[str, torch.Tensor]:
     from meerkat_core import checkpoint
-    from meerkat_core.model import build_model
+    from meerkat_core.builders import build_model
 
     model = build_model(model_cfg, pretrained=True, seed=0)
     checkpoint.load_trainable(directory, model)
@@ -165,7 +165,7 @@ def test_paper_path_fsdp_kill_resume_replay_restore_and_serve(
     import mlflow
     import pyarrow.fs
 
-    from meerkat_core.model import build_model
+    from meerkat_core.builders import build_model
     from pipelines import storage
     from pipelines.avfit import shards
     from pipelines.avfit.world import WORLD_PRESETS, iter_samples
