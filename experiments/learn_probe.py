@@ -53,7 +53,7 @@ from meerkat_core import batching, generation, grounding, media, prompts  # noqa
 from meerkat_core import config as cfgmod  # noqa: E402
 from meerkat_core.attention import MAP_BOX_POWER, map_box  # noqa: E402
 from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example  # noqa: E402
-from meerkat_core.model import build_model  # noqa: E402
+from meerkat_core.builders import build_model  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, baselines, iter_samples  # noqa: E402
 
 TASKS = ("arig", "igatl", "avfact", "avqa", "avc")

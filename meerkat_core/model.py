@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -314,13 +313,3 @@ def base_dtype(config: ModelConfig) -> torch.dtype:
     """The dtype the LLM computes in: ``config.base_dtype``, or float32 when the whole LLM trains
     (``lora.r == 0``: trainable parameters are always float32)."""
     return torch.float32 if config.lora.full_finetune else getattr(torch, config.base_dtype)
-
-
-def __getattr__(name: str) -> Any:
-    """``build_model`` and ``load_model`` are defined in :mod:`meerkat_core.builders` (which imports
-    this module); they stay importable from here for the callers that import them from here."""
-    if name in ("build_model", "load_model"):
-        from meerkat_core import builders
-
-        return getattr(builders, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ class MeerkatPyfunc(PythonModel):
         import torch
 
         from meerkat_core.batching import SamplePreprocessor
-        from meerkat_core.model import load_model
+        from meerkat_core.builders import load_model
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(context.artifacts[ARTIFACT], device=self.device)

@@ -17,8 +17,8 @@ import time
 import torch
 
 from meerkat_core import batching, generation
+from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
-from meerkat_core.model import build_model
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 
 

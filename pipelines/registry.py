@@ -53,7 +53,8 @@ from packaging.version import Version
 
 import meerkat_core
 from meerkat_core import checkpoint, generation
-from meerkat_core.model import MeerkatModel, load_model
+from meerkat_core.builders import load_model
+from meerkat_core.model import MeerkatModel
 from pipelines import storage
 
 if TYPE_CHECKING:

@@ -48,8 +48,8 @@ from threadpoolctl import threadpool_limits
 
 from infra.local import processes
 from meerkat_core import batching
+from meerkat_core.builders import build_model, load_model
 from meerkat_core.config import PRESETS
-from meerkat_core.model import build_model, load_model
 from serve import inputs, tasks
 from serve.schemas import GroundParams
 from tests.serve import service

@@ -86,11 +86,3 @@ def test_save_and_load_round_trip(tmp_path):
     batch = make_batch(model, ["[0.10, 0.20, 0.50, 0.60]"], boxes=[[[0.1, 0.2, 0.5, 0.6]]])
     model.eval()
     torch.testing.assert_close(model(batch)["loss"], again(batch)["loss"])
-
-
-def test_build_and_load_stay_importable_from_the_model_module():
-    from meerkat_core import model as model_module
-
-    assert model_module.build_model is build_model and model_module.load_model is load_model
-    with pytest.raises(AttributeError):
-        model_module.no_such_name  # noqa: B018

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from meerkat_core import batching, generation, media
+from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
-from meerkat_core.model import build_model
 
 INSTRUCTIONS = ("Where is the sound?", "Describe what you hear in this scene, please.")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from meerkat_core import generation
+from meerkat_core.builders import build_model
 from meerkat_core.config import TINY
-from meerkat_core.model import build_model
 from pipelines import registry
 
 # Run in the fresh virtualenv, from a directory outside the checkout: prints the answers, where
@@ -84,7 +84,7 @@ def test_the_pyfunc_answers_as_the_core_generation_path(model_dir: Path):
     is the model's own through :mod:`meerkat_core.generation`."""
     from types import SimpleNamespace
 
-    from meerkat_core.model import load_model
+    from meerkat_core.builders import load_model
     from pipelines import pyfunc_model
 
     pyfunc = pyfunc_model.MeerkatPyfunc()

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from meerkat_core import batching, grounding
+from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
-from meerkat_core.model import build_model
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 from serve import tasks
 from serve.schemas import FactcheckParams, GroundParams, LocalizeParams

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from meerkat_core import batching, prompts
+from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
-from meerkat_core.model import build_model
 from serve.generation import Generation, Generator, Sampling, cut_at_stop
 from tests.serve import bad_media
 
