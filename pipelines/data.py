@@ -255,7 +255,9 @@ class Preprocess:
         p = self.keep_probs.get(meta["task"], 0.0)
         return p >= 1.0 or unit_hash(self.seed, epoch, key) < p
 
-    def _row(self, sample: dict[str, Any], counts: Counter[str], epoch: int) -> dict[str, Any] | None:
+    def row(self, sample: dict[str, Any], counts: Counter[str], epoch: int) -> dict[str, Any] | None:
+        """One untarred sample (``__key__`` and its ``jpg``/``flac``/``json`` members) -> its lean
+        row, or None when the sample is not drawn this epoch or is corrupt (counted in ``counts``)."""
         key = sample["__key__"]
         try:
             decoded = decode_sample(
@@ -287,7 +289,7 @@ class Preprocess:
         for i, (k, j, f, m, e) in enumerate(
             zip(batch["__key__"], batch["jpg"], batch["flac"], batch["json"], epochs, strict=True)
         ):
-            row = self._row({"__key__": k, "jpg": j, "flac": f, "json": m}, counts, int(e))
+            row = self.row({"__key__": k, "jpg": j, "flac": f, "json": m}, counts, int(e))
             if row is not None:
                 rows.append(row)
                 kept.append(i)

@@ -152,8 +152,8 @@ def run(steps: int, batch: int, directory: Path, small: bool) -> dict[str, float
         rows, counts = [], {}
         for sample in iter_samples(WORLD_PRESETS["easy"], "train", 4 * batch, 0):
             if sample["json"]["task"] in ("arig", "igatl") and len(rows) < batch:
-                meta = json.dumps(sample["json"]).encode()
-                rows.append(prep._row(sample["__key__"], sample["image"], sample["audio"], meta, counts, 0))
+                member = {"jpg": sample["image"], "flac": sample["audio"], "json": json.dumps(sample["json"])}
+                rows.append(prep.row({"__key__": sample["__key__"], **member}, counts, 0))
         b = MeerkatCollate(model.tokenizer.pad_token_id)(_columns(rows))
         b.pop("epoch", None)
         tokens = batch * (

@@ -20,6 +20,7 @@ from pipelines import train
 from pipelines.avfit import shards
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 from pipelines.config import load_config
+from tests.pipelines.faults import KillAt
 
 pytestmark = pytest.mark.bench
 
@@ -109,10 +110,9 @@ def test_restart_to_first_step_early_and_late(ray_local, s3_server, mlflow_serve
                 "checkpoint.every=2",
                 "log_every=1",
                 "mlflow.register_as=null",
-                f"fail_at_step={kill}",
             ],
         )
-        run_id = train.run(cfg)["mlflow_run_id"]
+        run_id = train.run(cfg, after_step=KillAt(kill))["mlflow_run_id"]
         (resumed,) = client.get_metric_history(run_id, "train/resumed_at_step")
         after = [m for m in client.get_metric_history(run_id, "train/loss") if m.step > resumed.value]
         first = min(after, key=lambda m: m.timestamp)

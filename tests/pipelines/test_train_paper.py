@@ -120,7 +120,7 @@ def _replay(
             losses = []
             for i, r in enumerate(ranks):
                 counts: dict = {}
-                rows = [prep._row(samples[k], counts, 0) for k in batches[step][r]]
+                rows = [prep.row(samples[k], counts, 0) for k in batches[step][r]]
                 batch = collate(_columns(rows))
                 batch.pop("epoch", None)
                 last = i == len(ranks) - 1
