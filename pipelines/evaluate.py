@@ -497,19 +497,6 @@ def predict(
     return rows
 
 
-def _train_run_id(model_ref: str) -> str | None:
-    """The run a registered model version was logged from (its training run), or None for a
-    reference outside the Model Registry; ``latest`` and aliases resolve to their version first."""
-    import mlflow
-
-    from pipelines import registry
-
-    if registry.parse_model_ref(model_ref).kind != "registry":
-        return None
-    parsed = registry.parse_model_ref(registry.resolve_version(model_ref))
-    return mlflow.MlflowClient().get_model_version(parsed.name, parsed.version).run_id
-
-
 def prompt_templates_version() -> str:
     """A short hash of everything that shapes a prompt or a target: the instruction templates, the
     chat format around them, the answer format and the verdict words (``meerkat_core.prompts``)."""
@@ -601,11 +588,11 @@ def log_to_mlflow(
     """
     import mlflow
 
-    from pipelines import report, storage
+    from pipelines import registry, report, storage
 
     data_uris = [data_uri] if isinstance(data_uri, str) else list(data_uri)
     mlflow.set_experiment(experiment)
-    parent = _train_run_id(model_ref)
+    parent = registry.training_run_id(model_ref)
     run_tags = {
         **(tags or {}),
         "meerkat.kind": "evaluation",

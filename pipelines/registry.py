@@ -67,7 +67,6 @@ MODEL_FILES = (checkpoint.CONFIG_FILE, checkpoint.TRAINABLE_FILE)
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 PYFUNC_ARTIFACT = "meerkat"
 """Name of the model directory among the logged model's artifacts (``pyfunc_model.ARTIFACT``)."""
-TOKENIZER_DIR = checkpoint.TOKENIZER_DIR
 CORE_REQUIREMENTS = (
     "torch",
     "transformers",
@@ -188,7 +187,7 @@ def check_model_dir(model_dir: str | Path) -> Path:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ValueError(f"model directory {model_dir} does not exist")
-    allowed = {*MODEL_FILES, TOKENIZER_DIR}
+    allowed = {*MODEL_FILES, checkpoint.TOKENIZER_DIR}
     extra = sorted(p.name for p in model_dir.iterdir() if p.name not in allowed)
     missing = sorted(name for name in allowed if not (model_dir / name).exists())
     if extra or missing:
@@ -202,17 +201,15 @@ def check_model_dir(model_dir: str | Path) -> Path:
 
 def _warn_unpinned_base(model_dir: Path) -> None:
     """Warn when the base weights a pretrained model names are a local path or have no revision."""
-    import json
-
-    meta = json.loads((model_dir / "config.json").read_text())
-    if not meta.get("pretrained"):
+    spec = checkpoint.read_model_spec(model_dir)
+    if not spec.pretrained:
         return
-    model = meta["model"]
+    model = spec.config
     named = [
-        (f"{part}.name_or_path", model[part].get("name_or_path"), model[part].get("revision"))
+        (f"{part}.name_or_path", getattr(model, part).name_or_path, getattr(model, part).revision)
         for part in ("image", "audio", "llm")
     ]
-    named.append(("tokenizer", model.get("tokenizer"), model.get("tokenizer_revision")))
+    named.append(("tokenizer", model.tokenizer, model.tokenizer_revision))
     for field, name, revision in named:
         if name and (Path(name).is_absolute() or name.startswith(".")):
             logger.warning(
@@ -316,6 +313,15 @@ def resolve_version(ref: str) -> str:
     return f"models:/{name}/{found[0].version}"
 
 
+def training_run_id(ref: str) -> str | None:
+    """The MLflow run a registered model version was logged from (its training run), or None for a
+    reference outside the Model Registry; ``latest`` and aliases resolve to their version first."""
+    if parse_model_ref(ref).kind != "registry":
+        return None
+    parsed = parse_model_ref(resolve_version(ref))
+    return mlflow.MlflowClient().get_model_version(parsed.name, parsed.version).run_id
+
+
 def fetch_tokenizer(model_ref: str, dst: str | Path) -> Path:
     """The tokenizer directory of ``model_ref`` alone, copied under ``dst`` when it is remote.
 
@@ -341,7 +347,7 @@ def fetch_tokenizer(model_ref: str, dst: str | Path) -> Path:
                 f"{model_ref} is not a Meerkat pyfunc model: its MLmodel has no "
                 f"python_function artifact {PYFUNC_ARTIFACT!r}"
             ) from None
-        uri = f"{base}/{sub.strip('/')}/{TOKENIZER_DIR}"
+        uri = f"{base}/{sub.strip('/')}/{checkpoint.TOKENIZER_DIR}"
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst / "tokenizer_dl")))
     if parsed.kind == "s3":
         root = model_ref.rstrip("/")
@@ -351,18 +357,18 @@ def fetch_tokenizer(model_ref: str, dst: str | Path) -> Path:
             parts = key.split("/")
             for i, part in enumerate(parts[:-1]):
                 home = "".join(f"{p}/" for p in parts[:i])
-                if part == TOKENIZER_DIR and f"{home}{checkpoint.CONFIG_FILE}" in keys:
+                if part == checkpoint.TOKENIZER_DIR and f"{home}{checkpoint.CONFIG_FILE}" in keys:
                     homes.add(home)
         if not homes:
             raise FileNotFoundError(
-                f"no model directory with {checkpoint.CONFIG_FILE} and {TOKENIZER_DIR}/ under {model_ref}"
+                f"no model directory with {checkpoint.CONFIG_FILE} and {checkpoint.TOKENIZER_DIR}/ under {model_ref}"
             )
-        prefix = min(homes, key=lambda h: (h.count("/"), h)) + f"{TOKENIZER_DIR}/"
-        out = dst / TOKENIZER_DIR
+        prefix = min(homes, key=lambda h: (h.count("/"), h)) + f"{checkpoint.TOKENIZER_DIR}/"
+        out = dst / checkpoint.TOKENIZER_DIR
         for key in keys:
             if key.startswith(prefix):
                 target = out / key[len(prefix) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(storage.read_bytes(f"{root}/{key}"))
         return out
-    return find_model_dir(model_ref) / TOKENIZER_DIR
+    return find_model_dir(model_ref) / checkpoint.TOKENIZER_DIR

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from meerkat_core import checkpoint
 from pipelines import evaluate
 from pipelines.config import CONFIG_DIR, from_argv, load_config
 
@@ -362,8 +363,6 @@ def test_caption_budget_reads_only_caption_splits_json_and_the_tokenizer(
     no temporary directory behind."""
     import tempfile
 
-    from transformers import AutoTokenizer
-
     from pipelines import registry
     from pipelines.avfit import shards
     from pipelines.avfit.world import WORLD_PRESETS, iter_samples
@@ -402,7 +401,7 @@ def test_caption_budget_reads_only_caption_splits_json_and_the_tokenizer(
     budget, n = evaluate.measure_caption_budget(
         str(tiny_model_dir), [plain_uri, captions_uri], paper_splits=True
     )
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir / registry.TOKENIZER_DIR)
+    tokenizer = checkpoint.read_tokenizer(tiny_model_dir)
     assert n == len(refs)
     assert budget == evaluate.caption_budget(refs, tokenizer) > 48
     assert list(scratch.iterdir()) == []  # the scratch directory is removed
@@ -436,26 +435,3 @@ def test_answerer_skips_and_counts_damaged_samples_and_answers_the_rest(tiny_mod
     assert all(isinstance(text, str) for text in out["prediction"])
     assert out["attn"].shape[0] == 2
     assert reported == [{"bad_json": 1}]
-
-
-def test_evaluation_parent_is_the_registered_versions_training_run(mlflow_server, monkeypatch):
-    """Registry references (a version, ``latest``, an alias, read by ``registry.parse_model_ref``)
-    name their training run; other references have none."""
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    client = mlflow.MlflowClient()
-    tag = uuid.uuid4().hex[:6]
-    exp = client.create_experiment(f"parent-{tag}")
-    first, second = (client.create_run(exp).info.run_id for _ in range(2))
-    name = f"parent-{tag}"
-    client.create_registered_model(name)
-    for run_id in (first, second):
-        client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
-    client.set_registered_model_alias(name, "champion", "1")
-    assert evaluate._train_run_id(f"models:/{name}/1") == first
-    assert evaluate._train_run_id(f"models:/{name}/latest") == second
-    assert evaluate._train_run_id(f"models:/{name}@champion") == first
-    assert evaluate._train_run_id("s3://b/runs/checkpoint_000001") is None
-    assert evaluate._train_run_id(f"runs:/{first}/model") is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meerkat_core import generation
+from meerkat_core import checkpoint, generation
 from meerkat_core.builders import build_model
 from meerkat_core.config import TINY
 from pipelines import registry
@@ -67,8 +67,8 @@ def test_model_dir_holds_only_config_weights_and_tokenizer(model_dir: Path, tmp_
     with pytest.raises(ValueError, match=r"unexpected \['model.safetensors'\]"):
         registry.check_model_dir(copied)
     (copied / "model.safetensors").unlink()
-    (copied / "trainable.pt").unlink()
-    with pytest.raises(ValueError, match=r"missing \['trainable.pt'\]"):
+    (copied / checkpoint.TRAINABLE_FILE).unlink()
+    with pytest.raises(ValueError, match=rf"missing \['{checkpoint.TRAINABLE_FILE}'\]"):
         registry.check_model_dir(copied)
 
 
@@ -139,9 +139,11 @@ def test_fetch_tokenizer_downloads_the_tokenizer_not_the_model(model_dir: Path, 
 
     from pipelines import storage
 
-    expected = AutoTokenizer.from_pretrained(model_dir / registry.TOKENIZER_DIR).get_vocab()
-    tokenizer_files = {p.name for p in (model_dir / registry.TOKENIZER_DIR).rglob("*") if p.is_file()}
-    assert registry.fetch_tokenizer(str(model_dir), tmp_path / "local") == model_dir / registry.TOKENIZER_DIR
+    expected = AutoTokenizer.from_pretrained(model_dir / checkpoint.TOKENIZER_DIR).get_vocab()
+    tokenizer_files = {p.name for p in (model_dir / checkpoint.TOKENIZER_DIR).rglob("*") if p.is_file()}
+    assert (
+        registry.fetch_tokenizer(str(model_dir), tmp_path / "local") == model_dir / checkpoint.TOKENIZER_DIR
+    )
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -270,3 +272,46 @@ def test_registered_model_loads_in_a_fresh_virtualenv(
     # meerkat_core came with the model, not from this checkout
     assert "/code/meerkat_core/" in out["meerkat_core"], out["meerkat_core"]
     assert not out["meerkat_core"].startswith(str(Path(registry.__file__).parents[1]))
+
+
+def test_training_run_id_of_registry_references(mlflow_server, monkeypatch):
+    """Registry references (a version, ``latest``, an alias) name their training run (the evaluation
+    run's parent); other references have none."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    tag = uuid.uuid4().hex[:6]
+    exp = client.create_experiment(f"parent-{tag}")
+    first, second = (client.create_run(exp).info.run_id for _ in range(2))
+    name = f"parent-{tag}"
+    client.create_registered_model(name)
+    for run_id in (first, second):
+        client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    assert registry.training_run_id(f"models:/{name}/1") == first
+    assert registry.training_run_id(f"models:/{name}/latest") == second
+    assert registry.training_run_id(f"models:/{name}@champion") == first
+    assert registry.training_run_id("s3://b/runs/checkpoint_000001") is None
+    assert registry.training_run_id(f"runs:/{first}/model") is None
+
+
+def test_registering_warns_of_base_weights_that_are_local_or_unpinned(model_dir: Path, tmp_path, caplog):
+    import logging
+    import shutil
+
+    copied = tmp_path / "m"
+    shutil.copytree(model_dir, copied)
+    meta = json.loads((copied / checkpoint.CONFIG_FILE).read_text())
+    meta["pretrained"] = True
+    meta["model"]["llm"].update(name_or_path="/models/llama", revision=None)
+    meta["model"]["image"].update(name_or_path="openai/clip-vit-base-patch16", revision=None)
+    meta["model"]["audio"].update(name_or_path="laion/clap-htsat-unfused", revision="abc123")
+    (copied / checkpoint.CONFIG_FILE).write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger=registry.logger.name):
+        registry._warn_unpinned_base(copied)
+    text = caplog.text
+    assert "llm.name_or_path is a local path (/models/llama)" in text
+    assert "image.name_or_path (openai/clip-vit-base-patch16) has no pinned revision" in text
+    assert "audio.name_or_path" not in text
