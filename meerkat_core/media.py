@@ -277,8 +277,9 @@ class ImagePreprocessor:
         self.image_size = image_size
         self.resample = Image.Resampling(resample)
         self.rescale_factor = rescale_factor
-        self._mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)  # [3, 1, 1]
-        self._std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)  # [3, 1, 1]
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)  # [3, 1, 1]
+        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)  # [3, 1, 1]
+        """Per-channel normalisation constants, float32 ``[3, 1, 1]``: pixels = (x · rescale - mean) / std."""
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> ImagePreprocessor:
@@ -312,7 +313,7 @@ class ImagePreprocessor:
     @property
     def fill(self) -> tuple[int, int, int]:
         """The letterbox colour: the normalisation mean in 8-bit, truncated as LLaVA-1.5 does."""
-        return tuple(int(255 * float(m)) for m in self._mean.reshape(3))
+        return tuple(int(255 * float(m)) for m in self.mean.reshape(3))
 
     def _one(self, image: Image.Image) -> np.ndarray:
         size = self.image_size
@@ -330,7 +331,7 @@ class ImagePreprocessor:
         pixels = (np.asarray(crop, dtype=np.float64).transpose(2, 0, 1) * self.rescale_factor).astype(
             np.float32
         )  # [3, S, S]
-        return (pixels - self._mean) / self._std
+        return (pixels - self.mean) / self.std
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[B, 3, S, S] float32; an empty sequence gives [0, 3, S, S]."""

@@ -366,8 +366,7 @@ def lean_media(pixel_values: np.ndarray, audio_features: np.ndarray, image: Any)
     rescale factor per channel, so the trainer normalises with the constants the row was made
     with (:func:`normalise_media`). ``audio_features [W,1,T,F]`` -> float16.
     """
-    mean = np.asarray(image._mean, np.float32).reshape(3, 1, 1)  # [3,1,1]
-    std = np.asarray(image._std, np.float32).reshape(3, 1, 1)
+    mean, std = image.mean, image.std  # [3,1,1] float32
     scaled = (pixel_values.astype(np.float64) * std + mean) / image.rescale_factor
     norm = np.stack([mean.reshape(3), std.reshape(3), np.full(3, image.rescale_factor, np.float32)])
     return {
