@@ -45,7 +45,7 @@ class DeployError(RuntimeError):
     """The application did not come up; the message says what the Serve controller reported."""
 
 
-def load_config(
+def deploy_config(
     path: str | os.PathLike[str] = CONFIG,
     *,
     model: str | None = None,
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m serve.deploy")
         shutdown(args.address)
         print(f"application {APP_NAME!r} removed")
         return 0
-    config = load_config(
+    config = deploy_config(
         args.config,
         model=args.model,
         port=args.port,

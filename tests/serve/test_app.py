@@ -14,7 +14,7 @@ from serve.settings import MODEL_REF_ENV, AppArgs
 
 
 def test_config_yaml_is_a_valid_serve_deploy_config_for_the_builder():
-    config = ServeDeploySchema.model_validate(deploy.load_config())
+    config = ServeDeploySchema.model_validate(deploy.deploy_config())
     assert config.http_options.host == "127.0.0.1"
     (application,) = config.applications
     assert application.import_path == "serve.app:app"

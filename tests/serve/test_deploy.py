@@ -7,8 +7,8 @@ from ray.serve.schema import ServeDeploySchema
 from serve import deploy
 
 
-def test_load_config_overrides():
-    config = deploy.load_config(
+def test_deploy_config_overrides():
+    config = deploy.deploy_config(
         model="models:/m@prod",
         port=18000,
         max_batch_size=1,
