@@ -205,7 +205,7 @@ def ac_boxes(meta: dict[str, Any]) -> list[list[float]]:
     return []
 
 
-def front_ends(config: ModelConfig) -> tuple[media.ImagePreprocessor, media.AudioPreprocessor]:
+def front_ends(config: ModelConfig) -> tuple[media.ImageFrontEnd, media.AudioFrontEnd]:
     """The image and audio front ends of a model config.
 
     When the config names a checkpoint (``image.name_or_path``, ``audio.name_or_path``), the front
@@ -216,16 +216,16 @@ def front_ends(config: ModelConfig) -> tuple[media.ImagePreprocessor, media.Audi
     """
     i, a = config.image, config.audio
     if i.name_or_path:
-        image = media.ImagePreprocessor.from_pretrained(i.name_or_path, i.revision)
+        image = media.ImageFrontEnd.from_pretrained(i.name_or_path, i.revision)
         if image.image_size != i.image_size:
             raise ValueError(
                 f"{i.name_or_path} crops images to {image.image_size} px but model.image.image_size is "
                 f"{i.image_size}"
             )
     else:
-        image = media.ImagePreprocessor(i.image_size)
+        image = media.ImageFrontEnd(i.image_size)
     if a.name_or_path:
-        audio = media.AudioPreprocessor.from_pretrained(a.name_or_path, a.revision, num_windows=a.num_windows)
+        audio = media.AudioFrontEnd.from_pretrained(a.name_or_path, a.revision, num_windows=a.num_windows)
         for name, theirs, ours in (
             ("sampling_rate", audio.sampling_rate, a.sampling_rate),
             ("num_mel_bins", audio.num_mel_bins, a.num_mel_bins),
@@ -237,7 +237,7 @@ def front_ends(config: ModelConfig) -> tuple[media.ImagePreprocessor, media.Audi
                     f"the front end of {a.name_or_path} has {name} {theirs} but model.audio.{name} is {ours}"
                 )
     else:
-        audio = media.AudioPreprocessor(
+        audio = media.AudioFrontEnd(
             a.sampling_rate, a.num_mel_bins, a.hop_length, a.window_seconds, a.num_windows
         )
     return image, audio

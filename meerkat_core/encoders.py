@@ -5,7 +5,7 @@
   the grid take ``z_I[:, 1:]``.
 * :class:`AudioEncoder`: ``input_features [B, W, 1, T, F] -> z_A [B, W * S_w, D_A]``. A clip longer
   than CLAP's 10-s window arrives as W consecutive windows (see
-  :class:`meerkat_core.media.AudioPreprocessor`); each window is encoded alone (the W windows of the
+  :class:`meerkat_core.media.AudioFrontEnd`); each window is encoded alone (the W windows of the
   batch go through HTSAT as one batch of B·W) and the windows' tokens are concatenated in time
   order. HTSAT's last stage is a ``[C, h, w]`` map; its tokens are the h·w positions (64 per window
   for the HTSAT shapes used here).

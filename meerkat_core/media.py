@@ -18,19 +18,19 @@ Decisions made here:
   trimmed length, so RIFF chunk sizes are checked here. Data are read in blocks, so a header that
   claims a huge length cannot make us allocate memory the file does not back, and the frame count
   read is compared with the count declared.
-- ``ImagePreprocessor`` is CLIP's resize-shortest-side (bicubic) + centre crop + normalise (after a
+- ``ImageFrontEnd`` is CLIP's resize-shortest-side (bicubic) + centre crop + normalise (after a
   letterbox, below), written with PIL and numpy rather than calling ``CLIPImageProcessor``: in
   transformers 5 that class picks a
   torchvision backend when one is installed (different resize numerics on a cluster image than on a
   laptop), and ``box_to_crop`` must use the very crop geometry the pixels went through. Its
   parameters (size, crop, mean/std, resample) come from a checkpoint's ``preprocessor_config.json``
-  with :meth:`ImagePreprocessor.from_pretrained` (read through transformers' PIL-backend CLIP
+  with :meth:`ImageFrontEnd.from_pretrained` (read through transformers' PIL-backend CLIP
   processor, which parses every layout of that file), and a test pins the output to that
   processor's exactly. A checkpoint whose crop differs from its resize side, or that skips a step,
   is refused: ``crop_geometry`` is the one geometry the boxes follow.
 - **The encoder sees the whole image: letterbox, then CLIP.** A centre crop would cut off the sides
   of a non-square frame (VGG-SS frames are 4:3), and with them parts of boxes or whole objects the
-  answer names. So ``ImagePreprocessor`` first pads the image to a square, centred, with the CLIP
+  answer names. So ``ImageFrontEnd`` first pads the image to a square, centred, with the CLIP
   mean colour (LLaVA-1.5's ``expand2square``: ``int(255 * mean)`` per channel, ``pad_geometry``),
   then runs CLIP's resize + centre crop, which on a square is a plain resize (the crop takes it all).
   Parity with the library holds as LLaVA uses it: ours equals transformers' CLIP processor applied
@@ -41,9 +41,9 @@ Decisions made here:
   answers (which it scales by the image's own width and height). Only what lives on the encoder's
   patch grid (the AVACE box mask, region-prompt features) goes through ``box_to_crop``, the exact
   map into the padded square. ``BOX_CONVENTION`` names this for run records.
-- ``AudioPreprocessor`` cuts a clip into ``num_windows`` consecutive windows and computes CLAP's
+- ``AudioFrontEnd`` cuts a clip into ``num_windows`` consecutive windows and computes CLAP's
   log-mel of each with ``ClapFeatureExtractor``: the checkpoint's own
-  (:meth:`AudioPreprocessor.from_pretrained`, e.g. LAION's 50-14000 Hz and ``repeatpad``), or,
+  (:meth:`AudioFrontEnd.from_pretrained`, e.g. LAION's 50-14000 Hz and ``repeatpad``), or,
   without a checkpoint, one built with ``rand_trunc`` and ``pad``. No window handed to it is longer
   than one window, so its random crop never fires and features are deterministic. A window the clip
   only partly covers is handed over at its real length, so the extractor's own padding fills it
@@ -243,7 +243,7 @@ def box_to_crop(
     box: Sequence[float], width: int, height: int, image_size: int
 ) -> tuple[float, float, float, float] | None:
     """A box normalised to the original ``width`` x ``height`` image -> normalised to the encoder's
-    input, the ``image_size`` square ``ImagePreprocessor`` makes (letterbox, then resize).
+    input, the ``image_size`` square ``ImageFrontEnd`` makes (letterbox, then resize).
 
     The letterbox keeps the whole image, so every box with area maps to a box with area; the
     result is clipped to [0, 1], and None only for a box without area (nothing to point at).
@@ -263,7 +263,7 @@ def box_to_crop(
     return cx1, cy1, cx2, cy2
 
 
-class ImagePreprocessor:
+class ImageFrontEnd:
     """PIL images -> CLIP pixel values [B, 3, S, S] float32 (letterbox, resize, centre crop, normalise)."""
 
     def __init__(
@@ -282,7 +282,7 @@ class ImagePreprocessor:
         """Per-channel normalisation constants, float32 ``[3, 1, 1]``: pixels = (x · rescale - mean) / std."""
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> ImagePreprocessor:
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> ImageFrontEnd:
         """The front end of a CLIP checkpoint (hub name or directory), from its ``preprocessor_config.json``.
 
         Raises ValueError naming the setting when the checkpoint asks for something this class does
@@ -367,7 +367,7 @@ def _check_extractor(
             raise ValueError(f"CLAP front end {name} is {theirs}, the audio windows need {ours}")
 
 
-class AudioPreprocessor:
+class AudioFrontEnd:
     """Mono waveforms at ``sampling_rate`` -> CLAP log-mel windows [B, W, 1, T, F] float32.
 
     Each clip is cut into ``num_windows`` consecutive windows of ``window_seconds``: a longer clip is
@@ -415,7 +415,7 @@ class AudioPreprocessor:
     @classmethod
     def from_pretrained(
         cls, name_or_path: str, revision: str | None = None, *, num_windows: int = 1
-    ) -> AudioPreprocessor:
+    ) -> AudioFrontEnd:
         """The front end of a CLAP checkpoint (hub name or directory): its ``ClapFeatureExtractor``
         from ``preprocessor_config.json`` (rate, mels, hop, FFT, frequency range, padding), over
         ``num_windows`` windows of its ``max_length_s``."""

@@ -14,12 +14,12 @@ Stages (each a callable class or function, testable with a hand-made dict):
    fail the whole read (checked with Ray 2.60), and the job with it; here the samples before the
    damage are kept and the damage is counted. A shard that cannot be read (after retries) is
    skipped and counted.
-2. **preprocess** (:func:`preprocess_batch`, ``map_batches`` as Ray tasks, over :class:`Preprocess`):
+2. **preprocess** (:func:`preprocess_batch`, ``map_batches`` as Ray tasks, over :class:`ShardRows`):
    :func:`pipelines.avfit.sample.decode_sample` (contract check, task mixing before any decoding,
    image/audio decoding and the model's preprocessing and tokenization,
    :class:`meerkat_core.batching.SamplePreprocessor`, the same code Serve runs), then lean rows
    (:func:`lean_media`). A sample it rejects is skipped and counted under its reason. Tasks, not an actor pool: Ray keeps its worker
-   processes between tasks and :func:`preprocess_batch` keeps one :class:`Preprocess` per
+   processes between tasks and :func:`preprocess_batch` keeps one :class:`ShardRows` per
    process, so the torch + transformers imports and the tokenizer load are paid once per process.
 3. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest,
    and turns the lean media into float32 on the trainer's device (:func:`normalise_media`).
@@ -43,7 +43,7 @@ to read and discard the epoch's prefix.
 Lean rows: ``pixel_values`` as the crop's uint8 values and ``audio_features`` as float16 in the
 object store (:func:`lean_media`), about a quarter of the float32 row; the float32 tensors the
 model takes are made once, on the trainer's device, with the constants of
-:class:`meerkat_core.media.ImagePreprocessor` carried by each row (``pixel_norm``).
+:class:`meerkat_core.media.ImageFrontEnd` carried by each row (``pixel_norm``).
 
 Skips are counted by reason (:data:`pipelines.avfit.sample.SKIP_REASONS`, plus ``corrupt_tar``
 and ``unreadable_shard`` here) in a named Ray actor (:class:`SkipCounter`) that every stage reports
@@ -220,8 +220,9 @@ def untar(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         report_skips(counts)
 
 
-class Preprocess:
-    """``map_batches`` stage: raw members -> model rows (see :class:`meerkat_core.batching.SamplePreprocessor`).
+class ShardRows:
+    """``map_batches`` stage: untarred shard samples -> lean model rows (each through
+    :class:`meerkat_core.batching.SamplePreprocessor`, the one preprocessor).
 
     Args:
         model_config: fixes image size, audio windows, patch grid and the text budget.
@@ -301,7 +302,7 @@ class Preprocess:
         return out
 
 
-_PREPROCESSORS: dict[tuple[Any, ...], Preprocess] = {}
+_PREPROCESSORS: dict[tuple[Any, ...], ShardRows] = {}
 _PREPROCESSORS_LOCK = threading.Lock()
 
 
@@ -315,7 +316,7 @@ def preprocess_batch(
     with_answer: bool = True,
     keep_meta: bool = False,
 ) -> dict[str, np.ndarray]:
-    """``map_batches`` task: :class:`Preprocess` of ``batch``, its instance cached in this process."""
+    """``map_batches`` task: :class:`ShardRows` of ``batch``, its instance cached in this process."""
     key = (
         json.dumps(to_dict(model_config), sort_keys=True),
         tokenizer_dir,
@@ -327,7 +328,7 @@ def preprocess_batch(
     with _PREPROCESSORS_LOCK:
         stage = _PREPROCESSORS.get(key)
         if stage is None:
-            stage = Preprocess(
+            stage = ShardRows(
                 model_config,
                 tokenizer_dir,
                 keep_probs,
@@ -361,7 +362,7 @@ def lean_media(pixel_values: np.ndarray, audio_features: np.ndarray, image: Any)
     """The object-store form of a row's media: 8-bit pixels, 16-bit log-mels, and how to normalise.
 
     ``pixel_values [3,S,S]`` float32, normalised by ``image`` (a
-    :class:`meerkat_core.media.ImagePreprocessor`, the owner of the constants) -> the crop's 8-bit
+    :class:`meerkat_core.media.ImageFrontEnd`, the owner of the constants) -> the crop's 8-bit
     values, exactly (the float was computed from them); ``pixel_norm [3,3]`` = the mean, std and
     rescale factor per channel, so the trainer normalises with the constants the row was made
     with (:func:`normalise_media`). ``audio_features [W,1,T,F]`` -> float16.

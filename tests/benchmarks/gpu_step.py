@@ -117,7 +117,7 @@ def run(steps: int, batch: int, directory: Path, small: bool) -> dict[str, float
     from pipelines import train
     from pipelines.avfit.world import WORLD_PRESETS, iter_samples
     from pipelines.config import load_config, resolve_model
-    from pipelines.data import MeerkatCollate, Preprocess, _columns
+    from pipelines.data import MeerkatCollate, ShardRows, _columns
 
     cuda = torch.cuda.is_available() and not small
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
@@ -148,7 +148,7 @@ def run(steps: int, batch: int, directory: Path, small: bool) -> dict[str, float
         n_llm = count_parameters(model.llm, trainable=False) + count_parameters(model.llm, trainable=True)
         n_lora = count_parameters(model.llm, name_contains="lora_")
 
-        prep = Preprocess(model_cfg, model_cfg.tokenizer)
+        prep = ShardRows(model_cfg, model_cfg.tokenizer)
         rows, counts = [], {}
         for sample in iter_samples(WORLD_PRESETS["easy"], "train", 4 * batch, 0):
             if sample["json"]["task"] in ("arig", "igatl") and len(rows) < batch:

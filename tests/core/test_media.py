@@ -12,8 +12,8 @@ from PIL import Image, ImageFile
 from meerkat_core.media import (
     CLIP_MEAN,
     CLIP_STD,
-    AudioPreprocessor,
-    ImagePreprocessor,
+    AudioFrontEnd,
+    ImageFrontEnd,
     MediaError,
     box_to_crop,
     crop_geometry,
@@ -287,7 +287,7 @@ def test_box_outside_the_centre_crop_is_seen_where_box_to_crop_says():
     canvas[90:270, 20:100] = 255  # pixel box (20, 90, 100, 270): x < 140, left of a 16:9 centre crop
     box = (20 / width, 90 / height, 100 / width, 270 / height)
     assert box[2] < (width - height) / 2 / width  # wholly outside the centre square
-    pixels = ImagePreprocessor()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
+    pixels = ImageFrontEnd()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
     unnormalised = pixels * np.asarray(CLIP_STD).reshape(3, 1, 1) + np.asarray(CLIP_MEAN).reshape(3, 1, 1)
     bright = unnormalised.mean(axis=0) > 0.75  # [224, 224]; the padding is the mean grey (~0.45)
     x1, y1, x2, y2 = (round(v * 224) for v in box_to_crop(box, width, height, 224))
@@ -305,7 +305,7 @@ def test_a_huge_panorama_is_shrunk_before_the_letterbox():
     # 6000 x 300 would be a 6000 x 6000 canvas; shrunk to 2048 x 102 first, it stays in proportion.
     canvas = np.zeros((300, 6000, 3), dtype=np.uint8)
     canvas[:, :3000] = 255  # left half white
-    pixels = ImagePreprocessor()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
+    pixels = ImageFrontEnd()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
     unnormalised = pixels * np.asarray(CLIP_STD).reshape(3, 1, 1) + np.asarray(CLIP_MEAN).reshape(3, 1, 1)
     row = unnormalised.mean(axis=0)[112]  # the image's band is rows ~106..117
     assert (row[:100] > 0.9).all() and (row[124:] < 0.1).all()
@@ -317,7 +317,7 @@ def test_box_to_crop_matches_the_pixels_the_encoder_sees():
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     canvas[120:360, 320:460] = 255  # pixel box (320, 120, 460, 360)
     box = (320 / width, 120 / height, 460 / width, 360 / height)
-    pixels = ImagePreprocessor()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
+    pixels = ImageFrontEnd()([Image.fromarray(canvas)])[0].numpy()  # [3, 224, 224]
     unnormalised = pixels * np.asarray(CLIP_STD).reshape(3, 1, 1) + np.asarray(CLIP_MEAN).reshape(3, 1, 1)
     bright = unnormalised.mean(axis=0) > 0.75  # [224, 224]
     x1, y1, x2, y2 = (round(v * 224) for v in box_to_crop(box, width, height, 224))
@@ -331,17 +331,17 @@ def test_box_to_crop_matches_the_pixels_the_encoder_sees():
 def test_image_preprocessor_shape_and_values():
     colour = (255, 0, 128)
     images = [Image.new("RGB", (640, 480), colour), Image.new("RGB", (300, 500), colour)]
-    out = ImagePreprocessor()(images)
+    out = ImageFrontEnd()(images)
     assert out.shape == (2, 3, 224, 224) and out.dtype.is_floating_point and out.dtype.itemsize == 4
     for channel in range(3):
         expected = (colour[channel] / 255 - CLIP_MEAN[channel]) / CLIP_STD[channel]
         # The image fills the middle of the letterboxed square (rows 28..196, columns 45..179).
         assert out[0, channel, 40:184].min().item() == pytest.approx(expected, abs=1e-5)
         assert out[1, channel, :, 60:164].max().item() == pytest.approx(expected, abs=1e-5)
-        padding = (ImagePreprocessor().fill[channel] / 255 - CLIP_MEAN[channel]) / CLIP_STD[channel]
+        padding = (ImageFrontEnd().fill[channel] / 255 - CLIP_MEAN[channel]) / CLIP_STD[channel]
         assert out[0, channel, :20].max().item() == pytest.approx(padding, abs=1e-5)
         assert out[1, channel, :, :30].min().item() == pytest.approx(padding, abs=1e-5)
-    assert ImagePreprocessor(image_size=32)([]).shape == (0, 3, 32, 32)
+    assert ImageFrontEnd(image_size=32)([]).shape == (0, 3, 32, 32)
 
 
 def test_image_preprocessor_matches_transformers_clip_processor():
@@ -350,10 +350,10 @@ def test_image_preprocessor_matches_transformers_clip_processor():
         size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
     )
     images = [_noise_image(640, 480, 1), _noise_image(333, 517, 2), _noise_image(224, 224, 3)]
-    ours = ImagePreprocessor()(images).numpy()
+    ours = ImageFrontEnd()(images).numpy()
     # The library's processor on LLaVA-1.5's letterboxed image (mean colour, truncated to 8 bits).
     fill = tuple(int(255 * m) for m in reference.image_mean)
-    assert fill == (122, 116, 104) == ImagePreprocessor().fill
+    assert fill == (122, 116, 104) == ImageFrontEnd().fill
     padded = [pad_to_square(image, fill) for image in images]
     theirs = np.asarray(reference(padded, return_tensors="np")["pixel_values"])
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -375,7 +375,7 @@ def clip_30s() -> np.ndarray:
 
 
 def test_audio_preprocessor_shapes(clip_30s):
-    one, three = AudioPreprocessor(num_windows=1), AudioPreprocessor(num_windows=3)
+    one, three = AudioFrontEnd(num_windows=1), AudioFrontEnd(num_windows=3)
     assert one.frames_per_window == three.frames_per_window == 1001
     clip_10s = clip_30s[:480_000]
     assert one([clip_10s]).shape == (1, 1, 1, 1001, 64)
@@ -384,13 +384,13 @@ def test_audio_preprocessor_shapes(clip_30s):
     out = three([clip_30s, clip_10s])
     assert out.shape == (2, 3, 1, 1001, 64) and out.dtype.is_floating_point and out.dtype.itemsize == 4
     assert three([]).shape == (0, 3, 1, 1001, 64)
-    small = AudioPreprocessor(num_mel_bins=32, hop_length=240, window_seconds=1.0, num_windows=2)
+    small = AudioFrontEnd(num_mel_bins=32, hop_length=240, window_seconds=1.0, num_windows=2)
     assert small.frames_per_window == 201
     assert small([np.zeros(16_000, dtype=np.float32)]).shape == (1, 2, 1, 201, 32)
 
 
 def test_audio_windows_equal_their_slices_computed_alone(clip_30s):
-    one, three = AudioPreprocessor(num_windows=1), AudioPreprocessor(num_windows=3)
+    one, three = AudioFrontEnd(num_windows=1), AudioFrontEnd(num_windows=3)
     windows = three([clip_30s])[0]  # [3, 1, 1001, 64]
     for k in range(3):
         alone = one([clip_30s[k * 480_000 : (k + 1) * 480_000]])[0, 0]
@@ -403,11 +403,11 @@ def test_audio_windows_equal_their_slices_computed_alone(clip_30s):
 
 
 def test_short_clip_is_zero_padded(clip_30s):
-    three = AudioPreprocessor(num_windows=3)
+    three = AudioFrontEnd(num_windows=3)
     out = three([clip_30s[:600_000]])[0]  # 12.5 s
-    silence = AudioPreprocessor()([np.zeros(480_000, dtype=np.float32)])[0, 0]
+    silence = AudioFrontEnd()([np.zeros(480_000, dtype=np.float32)])[0, 0]
     padded = np.concatenate([clip_30s[480_000:600_000], np.zeros(360_000, dtype=np.float32)])
-    np.testing.assert_array_equal(out[1].numpy(), AudioPreprocessor()([padded])[0, 0].numpy())
+    np.testing.assert_array_equal(out[1].numpy(), AudioFrontEnd()([padded])[0, 0].numpy())
     np.testing.assert_array_equal(out[2].numpy(), silence.numpy())
 
 
@@ -418,14 +418,14 @@ def test_audio_preprocessor_matches_clap_feature_extractor(clip_30s):
     reference = ClapFeatureExtractor(truncation="rand_trunc", padding="pad")(
         [clip_10s], sampling_rate=48_000, return_tensors="np"
     )["input_features"]  # [1, 1, 1001, 64]
-    ours = AudioPreprocessor()([clip_10s])[0].numpy()  # [1, 1, 1001, 64]
+    ours = AudioFrontEnd()([clip_10s])[0].numpy()  # [1, 1, 1001, 64]
     np.testing.assert_allclose(ours, np.asarray(reference, dtype=np.float32), rtol=1e-6, atol=1e-4)
 
 
 def test_audio_preprocessor_rejects_bad_arguments():
     with pytest.raises(ValueError):
-        AudioPreprocessor(window_seconds=0.00001)
+        AudioFrontEnd(window_seconds=0.00001)
     with pytest.raises(ValueError):
-        AudioPreprocessor(num_windows=0)
+        AudioFrontEnd(num_windows=0)
     with pytest.raises(ValueError):
-        AudioPreprocessor()([np.zeros((480_000, 2), dtype=np.float32)])
+        AudioFrontEnd()([np.zeros((480_000, 2), dtype=np.float32)])

@@ -39,7 +39,7 @@ def test_image_front_end_is_the_checkpoints_exactly(pretrained_dirs):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     reference = CLIPImageProcessorPil.from_pretrained(pretrained_dirs.clip)
-    ours = media.ImagePreprocessor.from_pretrained(str(pretrained_dirs.clip))
+    ours = media.ImageFrontEnd.from_pretrained(str(pretrained_dirs.clip))
     assert ours.image_size == 224 and ours.resample == Image.Resampling.BICUBIC
     images = [_noise_image(640, 480, 1), _noise_image(333, 517, 2), _noise_image(224, 224, 3)]
     # the library's processor on the letterboxed image (media.py: LLaVA-1.5's pad to square)
@@ -56,7 +56,7 @@ def test_image_front_end_follows_the_checkpoints_values(pretrained_dirs, tmp_pat
     cfg = json.loads((other / "preprocessor_config.json").read_text())
     cfg.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.5, 1.0], resample=2, size=64, crop_size=64)
     (other / "preprocessor_config.json").write_text(json.dumps(cfg))
-    ours = media.ImagePreprocessor.from_pretrained(str(other))
+    ours = media.ImageFrontEnd.from_pretrained(str(other))
     images = [_noise_image(100, 80, 4)]
     padded = [media.pad_to_square(image, ours.fill) for image in images]
     assert ours.fill == (127, 127, 127)  # int(255 * 0.5), the checkpoint's mean
@@ -69,7 +69,7 @@ def test_image_front_end_follows_the_checkpoints_values(pretrained_dirs, tmp_pat
     cfg.update(crop_size=48)
     (other / "preprocessor_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="crop_size"):
-        media.ImagePreprocessor.from_pretrained(str(other))
+        media.ImageFrontEnd.from_pretrained(str(other))
 
 
 @pytest.mark.parametrize("seconds", [10.0, 3.7, 0.5])
@@ -80,11 +80,11 @@ def test_audio_front_end_is_the_checkpoints_exactly_up_to_one_window(pretrained_
     assert reference.padding == "repeatpad" and reference.frequency_min == 50
     wave = _noise_wave(seconds, 7)
     theirs = reference([wave], sampling_rate=48_000, return_tensors="np")["input_features"]  # [1, 1, T, F]
-    ours = media.AudioPreprocessor.from_pretrained(str(pretrained_dirs.clap))([wave])  # [1, 1, 1, T, F]
+    ours = media.AudioFrontEnd.from_pretrained(str(pretrained_dirs.clap))([wave])  # [1, 1, 1, T, F]
     assert ours.shape == (1, 1, 1, 1001, 64)
     np.testing.assert_array_equal(ours[0].numpy(), np.asarray(theirs, dtype=np.float32))
     # ... and the class defaults (frequency_min 0, pad) would have given something else
-    default = media.AudioPreprocessor()([wave])
+    default = media.AudioFrontEnd()([wave])
     assert not np.allclose(default.numpy(), ours.numpy(), atol=1e-3)
 
 
@@ -92,7 +92,7 @@ def test_audio_front_end_windows_are_consecutive_and_the_last_is_padded_like_cla
     from transformers import ClapFeatureExtractor
 
     reference = ClapFeatureExtractor.from_pretrained(pretrained_dirs.clap)
-    three = media.AudioPreprocessor.from_pretrained(str(pretrained_dirs.clap), num_windows=3)
+    three = media.AudioFrontEnd.from_pretrained(str(pretrained_dirs.clap), num_windows=3)
     wave = _noise_wave(14.0, 8)  # one full window, 4 s of the second, nothing of the third
     out = three([wave])[0].numpy()  # [3, 1, T, F]
 
@@ -112,7 +112,7 @@ def test_fusion_front_end_is_refused(pretrained_dirs, tmp_path):
     cfg = json.loads((other / "preprocessor_config.json").read_text())
     (other / "preprocessor_config.json").write_text(json.dumps({**cfg, "truncation": "fusion"}))
     with pytest.raises(ValueError, match="fusion"):
-        media.AudioPreprocessor.from_pretrained(str(other))
+        media.AudioFrontEnd.from_pretrained(str(other))
 
 
 def test_sample_preprocessor_uses_the_named_checkpoints_front_ends(pretrained_dirs, tmp_path):
@@ -122,7 +122,7 @@ def test_sample_preprocessor_uses_the_named_checkpoints_front_ends(pretrained_di
     wave = _noise_wave(2.0, 9)
     np.testing.assert_array_equal(
         audio([wave]).numpy(),
-        media.AudioPreprocessor.from_pretrained(str(pretrained_dirs.clap))([wave]).numpy(),
+        media.AudioFrontEnd.from_pretrained(str(pretrained_dirs.clap))([wave]).numpy(),
     )
     # a checkpoint whose front end disagrees with the config's fields is named
     other = tmp_path / "clap"

@@ -83,7 +83,7 @@ def test_preprocess_skips_and_counts_bad_samples(caplog):
     )
     batch["jpg"][1] = b"\xff\xd8\xff garbage jpeg"
     batch["flac"][2] = b"fLaC garbage"
-    out = data.Preprocess(TINY, None)(batch)
+    out = data.ShardRows(TINY, None)(batch)
     assert list(out["__key__"]) == [samples[0]["__key__"], samples[4]["__key__"]]
     assert out["pixel_values"].shape == (2, 3, 224, 224)
     assert out["audio_features"].shape == (2, 1, 1, TINY.audio.frames_per_window, TINY.audio.num_mel_bins)
@@ -93,14 +93,14 @@ def test_preprocess_skips_and_counts_bad_samples(caplog):
 def test_mixing_drops_unwanted_tasks_deterministically():
     samples = _world(3)
     keep = {"arig": 1.0}
-    a = data.Preprocess(TINY, None, keep, seed=1)(_batch(samples))
-    b = data.Preprocess(TINY, None, keep, seed=1)(_batch(samples))
+    a = data.ShardRows(TINY, None, keep, seed=1)(_batch(samples))
+    b = data.ShardRows(TINY, None, keep, seed=1)(_batch(samples))
     assert set(a["task"]) == {"arig"} and list(a["__key__"]) == list(b["__key__"])
 
 
 def test_collate_pads_ragged_text():
     samples = _world(1)[:3]
-    rows = data.Preprocess(TINY, None)(_batch(samples))
+    rows = data.ShardRows(TINY, None)(_batch(samples))
     pad = load_tokenizer(None).pad_token_id
     batch = data.MeerkatCollate(pad)(rows)
     lengths = [len(x) for x in rows["input_ids"]]

@@ -42,7 +42,7 @@ def test_lean_rows_normalise_to_what_the_model_was_fed():
     """uint8 pixels and float16 mels in the rows; the collate gives back the float32 tensors of
     the shared preprocessor (pixels to float32 rounding, mels to float16's)."""
     samples = _world(1)[:3]
-    rows = data.Preprocess(TINY, None)(_batch(samples))
+    rows = data.ShardRows(TINY, None)(_batch(samples))
     assert rows["pixel_values"].dtype == np.uint8 and rows["audio_features"].dtype == np.float16
     pad = load_tokenizer(None).pad_token_id
     batch = data.MeerkatCollate(pad)(rows)

@@ -100,7 +100,7 @@ def _replay(
     from meerkat_core import checkpoint
     from pipelines import train
     from pipelines.config import resolve_model
-    from pipelines.data import MeerkatCollate, Preprocess, _columns
+    from pipelines.data import MeerkatCollate, ShardRows, _columns
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=0, world_size=1)
@@ -112,7 +112,7 @@ def _replay(
         torch.manual_seed(cfg.seed)
         model, wrapped = train._setup_model(cfg, model_cfg, device)
         params, opt, sched = train._setup_optimizer(cfg, model)
-        prep = Preprocess(model_cfg, model_cfg.tokenizer)
+        prep = ShardRows(model_cfg, model_cfg.tokenizer)
         collate = MeerkatCollate(model.tokenizer.pad_token_id)
         wrapped.train()
         metrics = {}
