@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch: on this project's dev machines it lies on disk; elsewhere pip fetches it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-all bench lint demo demo-down clean
+.PHONY: install check test test-slow test-all bench lint demo demo-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The inner loop (under 3 minutes): lint, the import rule, and every test that starts no service
+# or process group.
+check: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -x tests/test_layers.py
+	$(PY) -m pytest -q -m "not integration and not slow and not gpu and not bench"
+
+# Unit and integration tests (real Ray, MLflow and S3 on loopback), without the multi-minute ones.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not gpu and not bench" -q
+	$(PY) -m pytest -q -m "not slow and not gpu and not bench"
+
+# The multi-minute system tests (a four-node cluster, killed and resumed jobs, the paper layout,
+# a fresh virtualenv); CI runs them after `make test` (.ci/run).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "slow and not gpu and not bench"
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "" -q

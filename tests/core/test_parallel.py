@@ -78,6 +78,10 @@ def _train(world: int, strategy: str, out: Path, sync_every_micro: bool = False)
     return {"state": state, "extras": extras}
 
 
+# Two processes in a gloo group on loopback for every test here: integration, not make check.
+pytestmark = pytest.mark.integration
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """``runs(world, strategy, sync_every_micro)``: trained once per module, shared by the tests."""

@@ -7,9 +7,14 @@ import os
 import uuid
 from collections import Counter
 
+import pytest
+
 from pipelines.avfit import shards
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 from pipelines.config import load_config
+
+# Minutes: a four-node Ray cluster (make test-slow, which CI runs after make test).
+pytestmark = pytest.mark.slow
 
 
 def _stage_tasks_per_node(address: str, since: set[str]) -> dict[str, Counter[str]]:

@@ -194,6 +194,7 @@ def test_requirements_are_pinned_and_name_no_unpublished_package():
         assert "+" not in r and r.count("==") == 1, r
 
 
+@pytest.mark.slow  # minutes: make test-slow, which CI runs after make test
 @pytest.mark.integration
 def test_registered_model_loads_in_a_fresh_virtualenv(
     model_dir: Path, mlflow_server: str, tmp_path: Path, monkeypatch

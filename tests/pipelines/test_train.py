@@ -111,6 +111,7 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow  # minutes: make test-slow, which CI runs after make test
 def test_train_job_on_the_local_stack(local_stack):
     import mlflow
 
@@ -182,6 +183,7 @@ def test_train_job_on_the_local_stack(local_stack):
     assert not answer[0].endswith("None"), answer[0]
 
 
+@pytest.mark.slow  # minutes: make test-slow, which CI runs after make test
 def test_two_nodes_fault_and_resume(s3_server, mlflow_server, tmp_path, monkeypatch):
     """One worker per node, checkpoints in S3, a worker SIGKILLed at step 15, resumed from step 10."""
     import boto3

@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -37,6 +38,9 @@ from pipelines.config import load_config
 from pipelines.train import TrainJobConfig
 from tests.fixtures.pretrained import paper_overrides
 from tests.pipelines.test_train import _submit
+
+# Minutes: the paper-layout job end to end (make test-slow, which CI runs after make test).
+pytestmark = pytest.mark.slow
 
 STEPS, KILL_AT, EVERY = 6, 3, 2
 

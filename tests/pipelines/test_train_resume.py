@@ -13,12 +13,16 @@ from collections import Counter
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from pipelines import data, train
 from pipelines.avfit import shards
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 from pipelines.config import load_config
 from tests.pipelines.faults import KillAt
+
+# Minutes: a training job killed and resumed (make test-slow, which CI runs after make test).
+pytestmark = pytest.mark.slow
 
 
 def _effective(trace_dir: Path, world: int) -> dict[int, list[str]]:
