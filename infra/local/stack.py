@@ -14,7 +14,7 @@ Services, user-facing endpoints on 127.0.0.1:
 
 - S3: ``moto.server`` (in memory: objects are gone after ``down``, while ``mlflow.db`` stays, so old
   runs' artifacts then dangle), bucket ``MEERKAT_STACK_BUCKET`` (default ``meerkat``).
-- MLflow: SQLite backend, one worker, no job runner (the defaults cost +1.7 GB and 13 s); artifacts
+- MLflow: SQLite backend, one worker, no job runner (the defaults add worker processes and a job runner that a one-machine stack does not use, in memory and start-up time); artifacts
   proxied by the server (``mlflow-artifacts:`` URIs, so clients need no S3 access) into
   ``s3://<bucket>/mlflow-artifacts``, or a local directory named by ``MEERKAT_STACK_MLFLOW_ARTIFACTS``.
 - Ray head: job server and dashboard on the dashboard port. Its processes carry the stack
