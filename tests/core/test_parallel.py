@@ -6,8 +6,7 @@ one micro-batch and reduce must end where one process that accumulates both micr
 
 from __future__ import annotations
 
-import os
-import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,17 @@ for _path, _value in (("base_dtype", "bfloat16"), ("lora.dropout", 0.0), ("regio
     CONFIG = replace_path(CONFIG, _path, _value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(rank: int, world: int, port: int, strategy: str, out: str, sync_every_micro: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _run(rank: int, world: int, strategy: str, out: str, sync_every_micro: bool) -> None:
+    # Rendezvous through a file beside the run's directory, not a TCP port picked in advance (a port
+    # free when picked can be taken by another process before the store binds it: a hang), and a
+    # timeout, so that a rank that never arrives fails the test instead of blocking it.
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{Path(out).resolve()}.rendezvous",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=300),
+    )
     torch.set_num_threads(1)
     try:
         model = build_model(CONFIG, pretrained=False, seed=0)
@@ -69,7 +70,7 @@ def _run(rank: int, world: int, port: int, strategy: str, out: str, sync_every_m
 
 
 def _train(world: int, strategy: str, out: Path, sync_every_micro: bool = False) -> dict:
-    args = (world, _free_port(), strategy, str(out), sync_every_micro)
+    args = (world, strategy, str(out), sync_every_micro)
     mp.spawn(_run, args=args, nprocs=world, join=True)
     model = build_model(CONFIG, pretrained=False, seed=0)
     checkpoint.load_trainable(out, model)  # one process, no process group

@@ -22,9 +22,7 @@ One scenario on the local stack (``ray job submit -- python -m pipelines.train``
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import socket
 import uuid
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from infra.local import processes
 from pipelines.config import load_config
 from pipelines.train import TrainJobConfig
 from tests.fixtures.pretrained import paper_overrides
@@ -87,14 +86,8 @@ def _kept_batches(trace: Path, up_to: int) -> dict[int, list[list[str]]]:
     return {s: [steps[s][0][1], steps[s][1][1]] for s in range(1, up_to + 1)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _replay(
-    rank: int, port: int, args: list[str], batches: dict, samples: dict, out: str, ranks: tuple[int, ...]
+    rank: int, args: list[str], batches: dict, samples: dict, out: str, ranks: tuple[int, ...]
 ) -> None:
     """One process, the job's own functions: the given ranks' micro-batches accumulated per step.
 
@@ -106,8 +99,10 @@ def _replay(
     from pipelines.config import resolve_model
     from pipelines.data import MeerkatCollate, ShardRows, _columns
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    # a file rendezvous beside the output directory: no TCP port to race for
+    dist.init_process_group(
+        "gloo", init_method=f"file://{Path(out).resolve()}.rendezvous", rank=0, world_size=1
+    )
     torch.set_num_threads(1)
     try:
         cfg = load_config(TrainJobConfig, "pipelines/configs/paper.yaml", args)
@@ -221,7 +216,7 @@ def test_paper_path_fsdp_kill_resume_replay_restore_and_serve(
             samples[s["__key__"]] = {m: s[m] for m in ("__key__", "jpg", "flac", "json")}
     replay, wrong = tmp_path / "replay", tmp_path / "replay-rank0-only"
     for out_dir, ranks in ((replay, (0, 1)), (wrong, (0,))):
-        spawn_args = (_free_port(), args, batches, samples, str(out_dir), ranks)
+        spawn_args = (args, batches, samples, str(out_dir), ranks)
         mp.spawn(_replay, args=spawn_args, nprocs=1, join=True)
 
     # (a), (b): every step's loss and gradient norm as the job logged them (the last attempt's)
@@ -264,7 +259,9 @@ def test_paper_path_fsdp_kill_resume_replay_restore_and_serve(
     resumed = [m.value for m in client.get_metric_history(run_id, "train/resumed_at_step")]
     assert resumed == [2.0, float(STEPS)], resumed
     version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-    deployed = service.deploy(local_stack, f"models:/{name}/{version}", _free_port(), secrets.token_hex(16))
+    deployed = service.deploy(
+        local_stack, f"models:/{name}/{version}", processes.free_port(), secrets.token_hex(16)
+    )
     try:
         scene = service.world_scenes(1)[0]
         import base64
