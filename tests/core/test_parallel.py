@@ -6,6 +6,7 @@ one micro-batch and reduce must end where one process that accumulates both micr
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,8 +34,8 @@ for _path, _value in (("base_dtype", "bfloat16"), ("lora.dropout", 0.0), ("regio
 
 def _run(rank: int, world: int, strategy: str, out: str, sync_every_micro: bool) -> None:
     # Rendezvous through a file beside the run's directory, not a TCP port picked in advance (a port
-    # free when picked can be taken by another process before the store binds it: a hang), and a
-    # timeout, so that a rank that never arrives fails the test instead of blocking it.
+    # free when picked can be taken by another process before the store binds it), and a timeout,
+    # so that a rank that never arrives fails the test instead of blocking it.
     dist.init_process_group(
         "gloo",
         init_method=f"file://{Path(out).resolve()}.rendezvous",
@@ -65,8 +66,13 @@ def _run(rank: int, world: int, strategy: str, out: str, sync_every_micro: bool)
         held = parallel.shard_fraction(model, frozen=True)
         checkpoint.save_training_state(out, model, opt, {"step": STEPS}, seed=0, pretrained=False)
         torch.save({"norms": norms, "held": held}, Path(out) / f"extra-{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Everything is on disk: leave without running destructors. Freeing the DDP reducer when this
+    # frame unwinds destroys its gloo group, whose destructor joins a worker thread while holding
+    # the GIL; a worker still releasing a finished broadcast needs the GIL, and the child hangs.
+    os._exit(0)
 
 
 def _train(world: int, strategy: str, out: Path, sync_every_micro: bool = False) -> dict:
