@@ -84,6 +84,28 @@ def _clap(cfg: cfgmod.AudioEncoderConfig, pretrained: bool, dtype: torch.dtype) 
     ).to(dtype)
 
 
+def llama_config(
+    cfg: cfgmod.LLMConfig, tokenizer: PreTrainedTokenizerBase, *, vocab_size: int | None = None
+) -> LlamaConfig:
+    """``cfg``'s shapes as a ``LlamaConfig`` with ``tokenizer``'s special ids: the LLM a random
+    build makes, and the layout a test writes as a stand-in checkpoint. ``vocab_size``: default
+    ``cfg.vocab_size``."""
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size if vocab_size is None else vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def _llama(
     cfg: cfgmod.LLMConfig, tokenizer: PreTrainedTokenizerBase, pretrained: bool, dtype: torch.dtype
 ) -> LlamaForCausalLM:
@@ -91,22 +113,8 @@ def _llama(
         llm = load_llama(cfg, dtype)
         check_tokenizer(tokenizer, llm.config, f"for {cfg.name_or_path}")
     else:
-        llm = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=max(cfg.vocab_size, len(tokenizer)),
-                hidden_size=cfg.hidden_size,
-                intermediate_size=cfg.intermediate_size,
-                num_hidden_layers=cfg.num_hidden_layers,
-                num_attention_heads=cfg.num_attention_heads,
-                num_key_value_heads=cfg.num_key_value_heads,
-                max_position_embeddings=cfg.max_position_embeddings,
-                rms_norm_eps=cfg.rms_norm_eps,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                tie_word_embeddings=False,
-            )
-        ).to(dtype)
+        vocab = max(cfg.vocab_size, len(tokenizer))
+        llm = LlamaForCausalLM(llama_config(cfg, tokenizer, vocab_size=vocab)).to(dtype)
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         # the media placeholders of a pretrained tokenizer; their rows are never read (the
         # placeholders are replaced by media tokens before the LLM)

@@ -43,26 +43,12 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G
 
 
 def paper_llama_config(tokenizer: Any) -> Any:
-    """The paper preset's LLM shapes (``meerkat_core.config.PAPER.llm``, the one owner) as a
-    ``LlamaConfig`` with ``tokenizer``'s special ids."""
-    from transformers import LlamaConfig
-
+    """The paper preset's LLM shapes as a ``LlamaConfig`` with ``tokenizer``'s special ids
+    (:func:`meerkat_core.builders.llama_config`, the one owner of that mapping)."""
+    from meerkat_core.builders import llama_config
     from meerkat_core.config import PRESETS
 
-    llm = PRESETS["paper"].llm
-    return LlamaConfig(
-        vocab_size=llm.vocab_size,
-        hidden_size=llm.hidden_size,
-        intermediate_size=llm.intermediate_size,
-        num_hidden_layers=llm.num_hidden_layers,
-        num_attention_heads=llm.num_attention_heads,
-        num_key_value_heads=llm.num_key_value_heads,
-        max_position_embeddings=llm.max_position_embeddings,
-        rms_norm_eps=llm.rms_norm_eps,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    return llama_config(PRESETS["paper"].llm, tokenizer)
 
 
 def write_paper_checkpoints(root: Path, device: str) -> None:
