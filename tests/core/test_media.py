@@ -12,6 +12,7 @@ from PIL import Image, ImageFile
 from meerkat_core.media import (
     CLIP_MEAN,
     CLIP_STD,
+    LOG_MEL_TOLERANCE_DB,
     AudioFrontEnd,
     ImageFrontEnd,
     MediaError,
@@ -411,15 +412,46 @@ def test_short_clip_is_zero_padded(clip_30s):
     np.testing.assert_array_equal(out[2].numpy(), silence.numpy())
 
 
-def test_audio_preprocessor_matches_clap_feature_extractor(clip_30s):
+@pytest.mark.parametrize("padding", ["pad", "repeat", "repeatpad"])
+@pytest.mark.parametrize("seconds", [10.0, 3.7, 0.3])
+def test_audio_preprocessor_matches_clap_feature_extractor(clip_30s, padding, seconds):
+    """Our batched float32 STFT against the extractor's float64 numpy, for each padding rule."""
     from transformers import ClapFeatureExtractor
 
-    clip_10s = clip_30s[:480_000]
-    reference = ClapFeatureExtractor(truncation="rand_trunc", padding="pad")(
-        [clip_10s], sampling_rate=48_000, return_tensors="np"
-    )["input_features"]  # [1, 1, 1001, 64]
-    ours = AudioFrontEnd()([clip_10s])[0].numpy()  # [1, 1, 1001, 64]
-    np.testing.assert_allclose(ours, np.asarray(reference, dtype=np.float32), rtol=1e-6, atol=1e-4)
+    extractor = ClapFeatureExtractor(truncation="rand_trunc", padding=padding)
+    clip = clip_30s[: int(seconds * 48_000)]
+    reference = extractor([clip], sampling_rate=48_000, return_tensors="np")[
+        "input_features"
+    ]  # [1, 1, 1001, 64]
+    ours = AudioFrontEnd(extractor=extractor)([clip])[0].numpy()  # [1, 1, 1001, 64]
+    np.testing.assert_allclose(
+        ours, np.asarray(reference, dtype=np.float32), rtol=0, atol=LOG_MEL_TOLERANCE_DB
+    )
+    assert np.ptp(ours) > 20  # a real spectrogram, not a constant that would match trivially
+
+
+def test_log_mel_hand_computed_for_a_pure_tone():
+    """A 1 kHz sine: one frame's power spectrum written out with numpy (periodic Hann window,
+    rfft), weighted by the mel band that peaks near 1 kHz, is what the batched STFT reads there;
+    silence reads the floor, -100 dB."""
+    front = AudioFrontEnd(num_mel_bins=64, hop_length=480, window_seconds=1.0)
+    t = np.arange(48_000, dtype=np.float64) / 48_000
+    tone = np.sin(2 * np.pi * 1000.0 * t).astype(np.float32)
+    mel = front.log_mel([tone, np.zeros(48_000, np.float32)])  # [2, 101, 64]
+    k = round(1000.0 * 1024 / 48_000)  # the FFT bin nearest 1 kHz (984 Hz: 1 kHz falls between bins)
+    filters = front._mel_filters.numpy()  # [513, 64]
+    band = int(np.argmax(filters[k]))
+    # the tone lies between bins k and k+1: sum its power over the band's bins and weights
+    freqs = np.arange(513) * 48_000 / 1024
+    leak = (
+        np.abs(np.fft.rfft(np.hanning(1025)[:-1] * np.sin(2 * np.pi * 1000.0 * np.arange(1024) / 48_000)))
+        ** 2
+    )
+    expected = 10 * np.log10((leak * filters[:, band]).sum())
+    assert freqs[k] < 1000 < freqs[k + 1]
+    np.testing.assert_allclose(mel[0, 50, band].item(), expected, atol=0.05)  # a frame away from the edges
+    assert mel[0, 50].argmax().item() == band
+    np.testing.assert_array_equal(mel[1].numpy(), np.full((101, 64), -100.0, np.float32))
 
 
 def test_audio_preprocessor_rejects_bad_arguments():

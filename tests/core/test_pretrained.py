@@ -82,7 +82,9 @@ def test_audio_front_end_is_the_checkpoints_exactly_up_to_one_window(pretrained_
     theirs = reference([wave], sampling_rate=48_000, return_tensors="np")["input_features"]  # [1, 1, T, F]
     ours = media.AudioFrontEnd.from_pretrained(str(pretrained_dirs.clap))([wave])  # [1, 1, 1, T, F]
     assert ours.shape == (1, 1, 1, 1001, 64)
-    np.testing.assert_array_equal(ours[0].numpy(), np.asarray(theirs, dtype=np.float32))
+    np.testing.assert_allclose(
+        ours[0].numpy(), np.asarray(theirs, dtype=np.float32), rtol=0, atol=media.LOG_MEL_TOLERANCE_DB
+    )
     # ... and the class defaults (frequency_min 0, pad) would have given something else
     default = media.AudioFrontEnd()([wave])
     assert not np.allclose(default.numpy(), ours.numpy(), atol=1e-3)
@@ -101,9 +103,12 @@ def test_audio_front_end_windows_are_consecutive_and_the_last_is_padded_like_cla
             reference([part], sampling_rate=48_000, return_tensors="np")["input_features"][0], np.float32
         )
 
-    np.testing.assert_array_equal(out[0], alone(wave[:480_000]))
-    np.testing.assert_array_equal(out[1], alone(wave[480_000:]))  # repeat-padded by CLAP's own rule
-    np.testing.assert_array_equal(out[2], alone(np.zeros(480_000, np.float32)))  # silence
+    np.testing.assert_allclose(out[0], alone(wave[:480_000]), rtol=0, atol=media.LOG_MEL_TOLERANCE_DB)
+    # repeat-padded by CLAP's own rule
+    np.testing.assert_allclose(out[1], alone(wave[480_000:]), rtol=0, atol=media.LOG_MEL_TOLERANCE_DB)
+    np.testing.assert_allclose(
+        out[2], alone(np.zeros(480_000, np.float32)), rtol=0, atol=media.LOG_MEL_TOLERANCE_DB
+    )  # silence
 
 
 def test_fusion_front_end_is_refused(pretrained_dirs, tmp_path):
