@@ -107,7 +107,12 @@ def llama_config(
 
 
 def _llama(
-    cfg: cfgmod.LLMConfig, tokenizer: PreTrainedTokenizerBase, pretrained: bool, dtype: torch.dtype
+    cfg: cfgmod.LLMConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    pretrained: bool,
+    dtype: torch.dtype,
+    *,
+    octave_times: bool = False,
 ) -> LlamaForCausalLM:
     if pretrained and cfg.name_or_path:
         llm = load_llama(cfg, dtype)
@@ -120,7 +125,7 @@ def _llama(
         # placeholders are replaced by media tokens before the LLM)
         llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     if not (pretrained and cfg.name_or_path):
-        _smooth_number_rows(llm, tokenizer)
+        _smooth_number_rows(llm, tokenizer, octave_times=octave_times)
     return llm
 
 
@@ -129,7 +134,9 @@ NUMBER_FREQUENCIES = 8
 
 
 @torch.no_grad()
-def _smooth_number_rows(llm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+def _smooth_number_rows(
+    llm: nn.Module, tokenizer: PreTrainedTokenizerBase, *, octave_times: bool = False
+) -> None:
     """Random-init LLM only: the whole-number tokens' input and output rows become a smooth
     function of their value.
 
@@ -141,19 +148,30 @@ def _smooth_number_rows(llm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> N
     other rows. Nearby values then start with nearby embeddings, and the output logits over the
     numbers start as a smooth function of the value that the trained ``lm_head`` sharpens. A no-op
     for a tokenizer without whole-number tokens.
+
+    ``octave_times`` (with ``ModelConfig.audio_time_stamps``): the time tokens get the octaves
+    ``cos(π 2^(k-1) v), sin(π 2^(k-1) v)`` instead of the harmonics ``k``. Times run 0..60 s while a
+    clip is 10 s long, so with harmonics two stamps 0.3 s apart (neighbouring audio tokens) have
+    cosine 0.997 and 2 s apart still 0.97; with octaves the finest period is 60/64 s and
+    neighbouring tokens differ as much as neighbouring box values do.
     """
     emb = llm.get_input_embeddings().weight  # [V, D]
     head = llm.get_output_embeddings().weight  # [V, D]
     dim = emb.shape[1]
     k = torch.arange(1, NUMBER_FREQUENCIES + 1, dtype=torch.float32)
-    for pairs in number_tokens(tokenizer).values():
+    for kind, pairs in number_tokens(tokenizer).items():
         if len(pairs) < 2:
             continue
         ids = torch.tensor([i for i, _ in pairs])
         v = torch.tensor([x for _, x in pairs], dtype=torch.float32)
         v = (v - v.min()) / (v.max() - v.min())  # [n] in [0, 1]
+        freqs = 2.0 ** (k - 1) if octave_times and kind == "time" else k  # [K]
         feats = torch.cat(
-            [torch.cos(math.pi * k * v[:, None]), torch.sin(math.pi * k * v[:, None]), torch.ones(len(v), 1)],
+            [
+                torch.cos(math.pi * freqs * v[:, None]),
+                torch.sin(math.pi * freqs * v[:, None]),
+                torch.ones(len(v), 1),
+            ],
             dim=1,
         )  # [n, 2K+1], every row of norm sqrt(K+1)
         basis, _ = torch.linalg.qr(torch.randn(dim, feats.shape[1]))  # [D, 2K+1] orthonormal columns
@@ -217,7 +235,9 @@ def build_model(
         torch.manual_seed(seed)
         image = ImageEncoder(_clip(config.image, pretrained, frozen_dtype), freeze=config.freeze_encoders)
         audio = AudioEncoder(_clap(config.audio, pretrained, frozen_dtype), freeze=config.freeze_encoders)
-        llm = _llama(config.llm, tokenizer, pretrained, base_dtype(config))
+        llm = _llama(
+            config.llm, tokenizer, pretrained, base_dtype(config), octave_times=config.audio_time_stamps
+        )
         for p in llm.parameters():
             p.requires_grad_(False)
         if config.lora.full_finetune:

@@ -275,6 +275,13 @@ class ModelConfig:
     region_prompts: bool = False
     """A box or time window written in the prompt is also given to the LLM as features of what it
     covers (see :mod:`meerkat_core.regions`); not in the paper, on in ``tiny``."""
+    audio_time_stamps: bool = False
+    """Add to each audio token the LLM's own input embedding of the time token (``"3.1"``) at the
+    centre of the stretch of the clip it covers (:func:`meerkat_core.encoders.time_stamp_ids`), times
+    a learned gain (starts at 1): the audio tokens then say *when* in the vocabulary the answer is
+    written in, and a time window is found by copying the stamps of its first and last sounding
+    tokens. Needs a tokenizer with one token per time (the offline one); not in the paper (Llama-2
+    writes numbers digit by digit), on in ``tiny``."""
 
     def __post_init__(self) -> None:
         if self.base_dtype not in BASE_DTYPES:
@@ -339,6 +346,7 @@ TINY = ModelConfig(
     llm_image_pool=2,
     max_text_tokens=160,
     region_prompts=True,
+    audio_time_stamps=True,
 )
 
 PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "paper": PAPER}

@@ -8,7 +8,11 @@
   :class:`meerkat_core.media.AudioFrontEnd`); each window is encoded alone (the W windows of the
   batch go through HTSAT as one batch of B·W) and the windows' tokens are concatenated in time
   order. HTSAT's last stage is a ``[C, h, w]`` map; its tokens are the h·w positions (64 per window
-  for the HTSAT shapes used here).
+  for the HTSAT shapes used here). They are NOT in time order: HTSAT folds a window's mel frames
+  into ``freq_ratio`` chunks stacked along its frequency axis, and transformers' ``ClapAudioEncoder``
+  regroups its last map as ``[bands, chunks · w]``, so the tokens of a window are ``bands`` rows
+  (frequency bands, low first) that each run through the whole window in time order. Which time
+  each token covers: :func:`audio_token_times`.
 
 Both are frozen when ``freeze=True``: parameters without gradients, always in eval mode (dropout
 off) and run under ``torch.no_grad()`` so that no activation is kept for backward.
@@ -16,9 +20,51 @@ off) and run under ``torch.no_grad()`` so that no activation is kept for backwar
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 from transformers import ClapAudioModel, CLIPVisionModel
+
+from meerkat_core.config import AudioEncoderConfig
+
+
+def audio_token_layout(cfg: AudioEncoderConfig) -> tuple[int, int]:
+    """``(bands, slots)`` of one window's tokens: the tokens are ``bands`` rows of ``slots``
+    consecutive time slots (row-major), ``bands * slots == cfg.tokens_per_window``.
+
+    HTSAT's last map is ``side × side`` (``side = spec_size / patch / 2^(stages-1)``); the window's
+    frames were cut into ``freq_ratio = spec_size / num_mel_bins`` chunks stacked along the
+    frequency axis, which transformers regroups into ``side / freq_ratio`` bands of
+    ``freq_ratio · side`` time slots (``ClapAudioEncoder.forward``, the "group 2D CNN" step)."""
+    side = cfg.spec_size // cfg.patch_size // 2 ** (len(cfg.depths) - 1)
+    freq_ratio = cfg.spec_size // cfg.num_mel_bins
+    bands = max(side // freq_ratio, 1)
+    return bands, cfg.tokens_per_window // bands
+
+
+def audio_token_times(cfg: AudioEncoderConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, ends)``, each ``[num_tokens]`` seconds: the stretch of the clip that each audio
+    token of :class:`AudioEncoder` covers (windows in time order, see :func:`audio_token_layout`)."""
+    bands, slots = audio_token_layout(cfg)
+    slot = np.tile(np.arange(slots), bands)  # [tokens_per_window]
+    step = cfg.window_seconds / slots
+    starts = np.concatenate([w * cfg.window_seconds + slot * step for w in range(cfg.num_windows)])
+    return starts, starts + step
+
+
+def time_stamp_ids(cfg: AudioEncoderConfig, time_numbers: list[tuple[int, float]]) -> torch.Tensor:
+    """``[num_tokens]`` long: for each audio token, the id of the whole-number time token (the
+    tokenizer's ``(id, value)`` pairs, e.g. ``tokenizer.number_tokens(tok)["time"]``) nearest the
+    centre of the stretch it covers (:func:`audio_token_times`). The stamps of
+    ``ModelConfig.audio_time_stamps``: see :meth:`meerkat_core.model.MeerkatModel.encode_media`."""
+    if not time_numbers:
+        raise ValueError("audio time stamps need a tokenizer with whole-number time tokens (the offline one)")
+    starts, ends = audio_token_times(cfg)
+    ids = np.asarray([i for i, _ in time_numbers])
+    values = np.asarray([v for _, v in time_numbers])
+    centres = (starts + ends) / 2
+    nearest = np.abs(centres[:, None] - values[None, :]).argmin(axis=1)  # [num_tokens]
+    return torch.from_numpy(ids[nearest]).long()
 
 
 class _Frozen(nn.Module):

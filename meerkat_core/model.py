@@ -37,8 +37,11 @@ The ``<image>`` placeholder is replaced by the LLM-side image tokens (AVACE-fuse
 ``llm_image_pool``²) and ``<audio>`` by the audio tokens: the paper's ``z_AVT = z̃_I ‖ z̃_A ‖ z_T``
 with the chat template's system prompt in front.
 
-Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE, the two projections and the region
-projections. Frozen: both encoders and the LLM's base weights. Saving writes only the trainable
+With ``audio_time_stamps`` (on in ``tiny``), each audio token also carries the LLM's embedding of
+the time token at the centre of the stretch it covers, times a learned gain (:meth:`encode_media`).
+
+Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE, the two projections, the region
+projections and the time stamps' gain. Frozen: both encoders and the LLM's base weights. Saving writes only the trainable
 tensors, in the format :mod:`meerkat_core.checkpoint` owns.
 """
 
@@ -58,9 +61,10 @@ from meerkat_core.alignment import ot_loss
 from meerkat_core.attention import AVACE, attention_consistency_loss
 from meerkat_core.batching import IGNORE_INDEX
 from meerkat_core.config import ModelConfig
-from meerkat_core.encoders import AudioEncoder, ImageEncoder
+from meerkat_core.encoders import AudioEncoder, ImageEncoder, time_stamp_ids
 from meerkat_core.losses import answer_cross_entropy, number_label_targets
 from meerkat_core.regions import add_region_features, region_features, zero_linear
+from meerkat_core.tokenizer import number_tokens
 
 
 @dataclass
@@ -100,6 +104,10 @@ class MeerkatModel(nn.Module):
         if config.region_prompts:  # see meerkat_core.regions
             self.region_box_proj = zero_linear(llm_dim + 2, llm_dim)
             self.region_segment_proj = zero_linear(2 * config.audio.num_mel_bins, llm_dim)
+        if config.audio_time_stamps:  # see encode_media
+            ids = time_stamp_ids(config.audio, number_tokens(tokenizer)["time"])
+            self.register_buffer("audio_time_ids", ids, persistent=False)  # [N]
+            self.audio_time_gain = nn.Parameter(torch.ones(1))  # [1], not 0-d: FSDP shards dim 0
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
         # soft labels of the answer loss (non-persistent: rebuilt from the tokenizer, never saved)
@@ -124,9 +132,14 @@ class MeerkatModel(nn.Module):
                 F.avg_pool2d(img.transpose(1, 2).reshape(b, d, g, g), k).flatten(2).transpose(1, 2)
             )  # [B, M/k², d]
         dtype = base_dtype(self.config)  # what the LLM's layers compute in
+        aud = self.aud_to_llm(av.aud)  # [B, N, D_T]
+        if self.config.audio_time_stamps:
+            # each audio token + the (frozen) input embedding of the time token at its centre
+            stamps = self.llm.get_input_embeddings()(self.audio_time_ids)  # [N, D_T]
+            aud = aud + self.audio_time_gain * stamps.to(aud.dtype)
         return MediaTokens(
             img=self.img_to_llm(img).to(dtype),
-            aud=self.aud_to_llm(av.aud).to(dtype),
+            aud=aud.to(dtype),
             attn_map=av.attn_map,
             img_proj=av.img_proj,
             aud_proj=av.aud_proj,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -66,3 +67,33 @@ def test_an_unfrozen_encoder_trains(model):
     assert z.requires_grad
     clap = copy.deepcopy(model.audio_encoder.clap).requires_grad_(True)
     assert AudioEncoder(clap, freeze=False)(_audio(1, 1)).requires_grad
+
+
+def test_htsat_tokens_are_frequency_bands_that_each_run_through_the_window():
+    from meerkat_core.encoders import audio_token_layout, audio_token_times
+
+    # spec 256 / patch 4 / 2^3 = an 8x8 last map; freq_ratio 256/64 = 4 chunks -> 2 bands of 32 slots
+    assert audio_token_layout(TINY.audio) == (2, 32)
+    assert audio_token_layout(PRESETS["paper"].audio) == (2, 32)
+    starts, ends = audio_token_times(TINY.audio)
+    assert starts.shape == ends.shape == (64,)
+    step = 10.0 / 32
+    assert (starts[0], ends[0]) == (0.0, step)
+    assert starts[31] == pytest.approx(31 * step) and ends[31] == pytest.approx(10.0)
+    assert (starts[32], ends[32]) == (0.0, step)  # the second band starts the window again
+    two = dataclasses.replace(TINY.audio, num_windows=2)
+    starts2, _ = audio_token_times(two)
+    assert starts2.shape == (128,) and starts2[64] == 10.0 and starts2[95] == pytest.approx(10.0 + 31 * step)
+
+
+def test_time_stamps_are_the_time_tokens_at_each_tokens_centre(model):
+    from meerkat_core.encoders import time_stamp_ids
+    from meerkat_core.tokenizer import number_tokens
+
+    times = number_tokens(model.tokenizer)["time"]
+    ids = time_stamp_ids(TINY.audio, times)
+    by_id = dict(times)
+    # centres 0.156 s, 9.844 s, 0.156 s (band 2), 5.156 s -> 0.2, 9.8, 0.2, 5.2 on the 0.1-s grid
+    assert [by_id[int(ids[j])] for j in (0, 31, 32, 48)] == [0.2, 9.8, 0.2, 5.2]
+    with pytest.raises(ValueError, match="time tokens"):
+        time_stamp_ids(TINY.audio, [])

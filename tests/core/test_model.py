@@ -153,3 +153,50 @@ def test_soft_number_labels_reward_near_misses_and_zero_sigma_is_plain_ce():
     row = targets[slot]
     assert row.argmax() == slot and row[slot + 1] > row[slot + 3] > row[slot + 10]
     assert len(hard.number_ids) == 0
+
+
+def test_time_stamps_add_the_time_tokens_embedding_to_each_audio_token(model):
+    assert TINY.audio_time_stamps and not PRESETS["paper"].audio_time_stamps
+    batch = make_batch(model, ["[0.10, 0.20, 0.50, 0.60]"])
+    with torch.no_grad():
+        on = model.encode_media(batch["pixel_values"], batch["audio_features"]).aud
+        z_img = model.image_encoder(batch["pixel_values"])[:, 1:]
+        av = model.avace(z_img, model.audio_encoder(batch["audio_features"]))
+        plain = model.aud_to_llm(av.aud)
+        stamps = model.llm.get_input_embeddings()(model.audio_time_ids)  # [N, D_T]
+    assert on.shape == plain.shape == (1, TINY.audio.num_tokens, stamps.shape[1])
+    torch.testing.assert_close(on, plain + model.audio_time_gain * stamps)
+    vocab = model.tokenizer.convert_ids_to_tokens(model.audio_time_ids[[0, 31, 32]].tolist())
+    assert vocab == ["0.2", "9.8", "0.2"]
+
+
+def test_time_stamps_off_is_the_model_without_them():
+    from dataclasses import replace
+
+    from meerkat_core.tokenizer import number_tokens
+
+    off_cfg = replace(TINY, audio_time_stamps=False)
+    off = build_model(off_cfg, pretrained=False, seed=0)
+    assert not hasattr(off, "audio_time_gain") and not hasattr(off, "audio_time_ids")
+    assert not any("audio_time" in n for n, _ in off.named_parameters())
+    batch = make_batch(off, ["[0.10, 0.20, 0.50, 0.60]"])
+    with torch.no_grad():
+        aud = off.encode_media(batch["pixel_values"], batch["audio_features"]).aud
+        z_img = off.image_encoder(batch["pixel_values"])[:, 1:]
+        plain = off.aud_to_llm(off.avace(z_img, off.audio_encoder(batch["audio_features"])).aud)
+    torch.testing.assert_close(aud, plain)
+
+    # the time tokens' rows: harmonics when off (0.3 s apart nearly the same), octaves when on
+    def cos(m, a: float, b: float) -> float:
+        ids = dict((v, i) for i, v in number_tokens(m.tokenizer)["time"])
+        emb = m.llm.get_input_embeddings().weight
+        return F.cosine_similarity(emb[ids[a]], emb[ids[b]], dim=0).item()
+
+    on = build_model(TINY, pretrained=False, seed=0)
+    assert cos(off, 2.0, 2.3) > 0.99 and cos(on, 2.0, 2.3) < 0.85
+    assert cos(on, 2.0, 2.1) > cos(on, 2.0, 2.3) > cos(on, 2.0, 5.0)  # still smooth in the value
+    box = dict((v, i) for i, v in number_tokens(on.tokenizer)["box"])
+    torch.testing.assert_close(  # box rows are the same either way
+        on.llm.get_input_embeddings().weight[list(box.values())],
+        off.llm.get_input_embeddings().weight[list(box.values())],
+    )
