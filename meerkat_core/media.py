@@ -63,6 +63,7 @@ import io
 import math
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -489,3 +490,65 @@ class AudioFrontEnd:
         power = torch.view_as_real(spec).square().sum(-1)
         mel = torch.matmul(power.transpose(1, 2), self._mel_filters)  # [N, T, F]
         return mel.clamp_min_(1e-10).log10_().mul_(10.0)
+
+
+# -- lean media: what crosses process boundaries (object store, Serve handles) -----------------------
+
+
+def lean_media(
+    pixel_values: np.ndarray, audio_features: np.ndarray, image: ImageFrontEnd
+) -> dict[str, np.ndarray]:
+    """The compact form of one row's media, for the object store and between processes: 8-bit
+    pixels, 16-bit log-mels, and how to normalise them (about a third of the float32 bytes).
+
+    ``pixel_values [3,S,S]`` float32, normalised by ``image`` (the owner of the constants) -> the
+    crop's 8-bit values, exactly (the float was computed from them); ``pixel_norm [3,3]`` = the
+    mean, std and rescale factor per channel, so the consumer normalises with the constants the
+    row was made with (:func:`normalise_media`). ``audio_features [W,1,T,F]`` -> float16: the
+    model trains and is evaluated and served on the same rounding.
+    """
+    mean, std = image.mean, image.std  # [3,1,1] float32
+    scaled = (pixel_values.astype(np.float64) * std + mean) / image.rescale_factor
+    norm = np.stack([mean.reshape(3), std.reshape(3), np.full(3, image.rescale_factor, np.float32)])
+    return {
+        "pixel_values": np.clip(np.rint(scaled), 0, 255).astype(np.uint8),  # [3,S,S]
+        "audio_features": audio_features.astype(np.float16),  # [W,1,T,F]
+        "pixel_norm": norm.astype(np.float32),  # [3,3]
+    }
+
+
+def normalise_media(batch: dict[str, Any], device: Any = None) -> dict[str, Any]:
+    """Lean batch media -> the model's float32 ``pixel_values``/``audio_features``, on ``device``.
+
+    Moves the 8-bit and 16-bit tensors first and converts there, once: the consumer's device does
+    the arithmetic and the host-to-device copy is a quarter (pixels) and a half (mels) of float32's.
+    Float media pass through (``pixel_norm``, if any, is dropped).
+    """
+    pixels = batch["pixel_values"].to(device)
+    if pixels.dtype == torch.uint8:
+        norm = batch.pop("pixel_norm").to(device, torch.float32)  # [B,3,3]
+        scaled = pixels.to(torch.float32) * norm[:, 2, :, None, None]
+        pixels = (scaled - norm[:, 0, :, None, None]) / norm[:, 1, :, None, None]  # [B,3,S,S]
+    batch.pop("pixel_norm", None)
+    batch["pixel_values"] = pixels
+    batch["audio_features"] = batch["audio_features"].to(device).to(torch.float32)
+    return batch
+
+
+def float_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One row with lean media (:func:`lean_media`) -> the same row with float32 media, as
+    :class:`meerkat_core.batching.SamplePreprocessor` makes it; a float row is returned as is."""
+    if np.asarray(row["pixel_values"]).dtype != np.uint8:
+        return row
+    one = normalise_media(
+        {
+            name: torch.from_numpy(np.asarray(row[name]))[None]
+            for name in ("pixel_values", "pixel_norm", "audio_features")
+        }
+    )
+    rest = {k: v for k, v in row.items() if k != "pixel_norm"}
+    return {
+        **rest,
+        "pixel_values": one["pixel_values"][0].numpy(),
+        "audio_features": one["audio_features"][0].numpy(),
+    }

@@ -18,11 +18,11 @@ Stages (each a callable class or function, testable with a hand-made dict):
    :func:`pipelines.avfit.sample.decode_sample` (contract check, task mixing before any decoding,
    image/audio decoding and the model's preprocessing and tokenization,
    :class:`meerkat_core.batching.SamplePreprocessor`, the same code Serve runs), then lean rows
-   (:func:`lean_media`). A sample it rejects is skipped and counted under its reason. Tasks, not an actor pool: Ray keeps its worker
+   (:func:`meerkat_core.media.lean_media`). A sample it rejects is skipped and counted under its reason. Tasks, not an actor pool: Ray keeps its worker
    processes between tasks and :func:`preprocess_batch` keeps one :class:`ShardRows` per
    process, so the torch + transformers imports and the tokenizer load are paid once per process.
 3. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest,
-   and turns the lean media into float32 on the trainer's device (:func:`normalise_media`).
+   and turns the lean media into float32 on the trainer's device (:func:`meerkat_core.media.normalise_media`).
 
 Parallelism follows the cluster: one read task per read group and preprocessing tasks with no
 count (``TaskPoolStrategy()``), so Ray Data runs as many as the cluster's CPUs allow and as many
@@ -41,7 +41,7 @@ out dynamically, so what a worker had trained on cannot be told from a count, an
 to read and discard the epoch's prefix.
 
 Lean rows: ``pixel_values`` as the crop's uint8 values and ``audio_features`` as float16 in the
-object store (:func:`lean_media`), about a quarter of the float32 row; the float32 tensors the
+object store (:func:`meerkat_core.media.lean_media`), about a quarter of the float32 row; the float32 tensors the
 model takes are made once, on the trainer's device, with the constants of
 :class:`meerkat_core.media.ImageFrontEnd` carried by each row (``pixel_norm``).
 
@@ -86,6 +86,7 @@ from webdataset import tariterators
 
 from meerkat_core import batching
 from meerkat_core.config import ModelConfig, to_dict
+from meerkat_core.media import lean_media, normalise_media
 from meerkat_core.tokenizer import load_tokenizer
 from pipelines import storage
 from pipelines.avfit.sample import CorruptSample, count_skip, decode_sample
@@ -358,44 +359,6 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 # -- lean rows ---------------------------------------------------------------------------------------
 
 
-def lean_media(pixel_values: np.ndarray, audio_features: np.ndarray, image: Any) -> dict[str, np.ndarray]:
-    """The object-store form of a row's media: 8-bit pixels, 16-bit log-mels, and how to normalise.
-
-    ``pixel_values [3,S,S]`` float32, normalised by ``image`` (a
-    :class:`meerkat_core.media.ImageFrontEnd`, the owner of the constants) -> the crop's 8-bit
-    values, exactly (the float was computed from them); ``pixel_norm [3,3]`` = the mean, std and
-    rescale factor per channel, so the trainer normalises with the constants the row was made
-    with (:func:`normalise_media`). ``audio_features [W,1,T,F]`` -> float16.
-    """
-    mean, std = image.mean, image.std  # [3,1,1] float32
-    scaled = (pixel_values.astype(np.float64) * std + mean) / image.rescale_factor
-    norm = np.stack([mean.reshape(3), std.reshape(3), np.full(3, image.rescale_factor, np.float32)])
-    return {
-        "pixel_values": np.clip(np.rint(scaled), 0, 255).astype(np.uint8),  # [3,S,S]
-        "audio_features": audio_features.astype(np.float16),  # [W,1,T,F]
-        "pixel_norm": norm.astype(np.float32),  # [3,3]
-    }
-
-
-def normalise_media(batch: dict[str, Any], device: Any = None) -> dict[str, Any]:
-    """Lean batch media -> the model's float32 ``pixel_values``/``audio_features``, on ``device``.
-
-    Moves the 8-bit and 16-bit tensors first and converts there, once: the trainer's device does
-    the arithmetic and the host-to-device copy is a quarter (pixels) and a half (mels) of float32's.
-    """
-    import torch
-
-    pixels = batch["pixel_values"].to(device)
-    if pixels.dtype == torch.uint8:
-        norm = batch.pop("pixel_norm").to(device, torch.float32)  # [B,3,3]
-        scaled = pixels.to(torch.float32) * norm[:, 2, :, None, None]
-        pixels = (scaled - norm[:, 0, :, None, None]) / norm[:, 1, :, None, None]  # [B,3,S,S]
-    batch.pop("pixel_norm", None)
-    batch["pixel_values"] = pixels
-    batch["audio_features"] = batch["audio_features"].to(device).to(torch.float32)
-    return batch
-
-
 def row_bytes(model_config: ModelConfig) -> int:
     """Bytes of one lean row in the object store (media, box mask, text at its budget)."""
     s, g, a = model_config.image.image_size, model_config.image.grid, model_config.audio
@@ -405,7 +368,7 @@ def row_bytes(model_config: ModelConfig) -> int:
 
 class MeerkatCollate(NumpyBatchCollateFn):
     """``iter_torch_batches`` collate: pad ragged text (right for training, left for generation),
-    then turn the lean media into the model's float tensors on ``device`` (:func:`normalise_media`)."""
+    then turn the lean media into the model's float tensors on ``device`` (:func:`meerkat_core.media.normalise_media`)."""
 
     def __init__(self, pad_id: int, side: str = "right", device: Any = None) -> None:
         self.pad_id = pad_id
@@ -767,7 +730,7 @@ def build_dataset(
     world: int = 1,
     position: Mapping[str, int] | None = None,
 ) -> ray.data.Dataset:
-    """The preprocessed stream of ``rank``'s share of one split (lean rows, see :func:`lean_media`),
+    """The preprocessed stream of ``rank``'s share of one split (lean rows, see :func:`meerkat_core.media.lean_media`),
     for ``iter_torch_batches(collate_fn=MeerkatCollate(...))``.
 
     ``epochs`` passes in one stream (each row says its ``epoch``, ``group`` and ``index``),

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from meerkat_core import generation
+from meerkat_core import generation, media
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Generation:
-    """One preprocessed request: a :class:`~meerkat_core.batching.SamplePreprocessor` row."""
+    """One preprocessed request: a :class:`~meerkat_core.batching.SamplePreprocessor` row, its
+    media float or lean (:func:`meerkat_core.media.lean_media`, as the ingress sends them)."""
 
     row: dict[str, Any]
     sampling: Sampling
@@ -131,7 +132,7 @@ class Generator:
         with self._llm_call(extra) as outputs, self._seeded(sampling):
             texts = generation.generate_answers(
                 self.model,
-                [r.row for r in group],
+                [media.float_row(r.row) for r in group],
                 max_new_tokens=sampling.max_new_tokens,
                 temperature=sampling.temperature,
                 device=self.device,

@@ -49,7 +49,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from meerkat_core import batching, generation
+from meerkat_core import batching, generation, media
 from serve import auth, examples, inputs, schemas, tasks
 from serve.api import ERRORS, Credentials, api, bearer, sse_chunks, within_timeout
 from serve.errors import APIError, ErrorResponse, invalid
@@ -157,6 +157,9 @@ class MeerkatAPI:
             row = generation.prompt_row(self.prep, decoded.image, decoded.wave, instruction)
         except batching.PromptTooLongError as err:
             raise APIError(400, "prompt_too_long", f"instruction: {err}") from err
+        # to the model replica as 8-bit pixels and 16-bit mels (a third of the bytes), as the
+        # training stream ships them; the replica makes the float tensors (media.float_row)
+        row.update(media.lean_media(row["pixel_values"], row["audio_features"], self.prep.image))
         return _Prepared(row, width, height, decoded.seconds)
 
     async def _run(

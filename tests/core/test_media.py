@@ -20,6 +20,8 @@ from meerkat_core.media import (
     crop_geometry,
     encode_flac,
     encode_jpeg,
+    float_row,
+    lean_media,
     load_audio,
     load_image,
     pad_geometry,
@@ -461,3 +463,21 @@ def test_audio_preprocessor_rejects_bad_arguments():
         AudioFrontEnd(num_windows=0)
     with pytest.raises(ValueError):
         AudioFrontEnd()([np.zeros((480_000, 2), dtype=np.float32)])
+
+
+def test_lean_media_round_trip_gives_back_the_float_row():
+    """8-bit pixels are exact (the float pixels were computed from them); mels round to float16."""
+    front = ImageFrontEnd()
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    pixels = front([img])[0].numpy()  # [3, S, S] float32
+    mel = rng.uniform(-100, 0, (1, 1, 1001, 64)).astype(np.float32)
+    row = {"pixel_values": pixels, "audio_features": mel, "input_ids": [1, 2]}
+    lean = {**row, **lean_media(pixels, mel, front)}
+    assert lean["pixel_values"].dtype == np.uint8 and lean["audio_features"].dtype == np.float16
+    back = float_row(lean)
+    assert "pixel_norm" not in back and back["input_ids"] == [1, 2]
+    np.testing.assert_allclose(back["pixel_values"], pixels, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(back["audio_features"], mel, rtol=1e-3, atol=0)
+    assert back["pixel_values"].dtype == np.float32 and back["audio_features"].dtype == np.float32
+    assert float_row(row) is row  # float media pass through

@@ -106,3 +106,19 @@ def test_cut_at_stop_by_hand():
     assert cut_at_stop("abc. def. g", [". ", "g"]) == ("abc", True)
     assert cut_at_stop("abc", ["x", ""]) == ("abc", False)
     assert cut_at_stop("abc", []) == ("abc", False)
+
+
+def test_lean_rows_from_the_ingress_are_made_float_in_the_replica(model, rows):
+    """The ingress sends 8-bit pixels and 16-bit mels; the generator answers them as it answers
+    the float rows they stand for, and each as it answers it alone."""
+    from meerkat_core import media
+
+    prep = batching.SamplePreprocessor(model.config, model.tokenizer)
+    lean = [{**r, **media.lean_media(r["pixel_values"], r["audio_features"], prep.image)} for r in rows[:3]]
+    assert lean[0]["pixel_values"].dtype == np.uint8
+    generator = Generator(model, "cpu")
+    greedy = Sampling(max_new_tokens=6)
+    from_lean = generator([Generation(r, greedy) for r in lean])
+    from_float = generator([Generation(media.float_row(r), greedy) for r in lean])
+    assert [c.text for c in from_lean] == [c.text for c in from_float]
+    assert all(c.error is None for c in from_lean)
