@@ -232,6 +232,8 @@ class LossConfig:
     ac_lambda2: float = 0.5
     ac_eps1: float = 1e-6
     ac_eps2: float = 1e-6
+    lambda_time: float = 1.0
+    """Weight of the time map's loss (``ModelConfig.audio_time_map``; :func:`meerkat_core.model.time_map_loss`)."""
     number_label_sigma: float = 0.0
     """σ, in steps of the number grid, of Gaussian soft labels for whole-number answer tokens (see
     :mod:`meerkat_core.losses`); 0 is plain cross-entropy. Only a tokenizer with whole-number tokens
@@ -240,7 +242,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.ot_solver not in ("exact", "sinkhorn"):
             raise ValueError(f"ot_solver must be 'exact' or 'sinkhorn', got {self.ot_solver!r}")
-        if self.lambda_ot < 0 or self.lambda_ac < 0:
+        if self.lambda_ot < 0 or self.lambda_ac < 0 or self.lambda_time < 0:
             raise ValueError("loss weights must be >= 0")
         if self.number_label_sigma < 0:
             raise ValueError("number_label_sigma must be >= 0")
@@ -282,6 +284,13 @@ class ModelConfig:
     written in, and a time window is found by copying the stamps of its first and last sounding
     tokens. Needs a tokenizer with one token per time (the offline one); not in the paper (Llama-2
     writes numbers digit by digit), on in ``tiny``."""
+    audio_time_map: bool = False
+    """A time map, the temporal counterpart of AVACE's box map (:mod:`meerkat_core.attention`): a
+    linear head scores each fused audio token "inside the sound", trained by a per-token
+    cross-entropy against the window of each answer that is one (igatl; ``loss.lambda_time``), and
+    the window its scores imply goes to the LLM as features (see
+    :meth:`meerkat_core.model.MeerkatModel.encode_media`). Needs a tokenizer with one token per
+    time, to read the window off the labels; not in the paper, on in ``tiny``."""
 
     def __post_init__(self) -> None:
         if self.base_dtype not in BASE_DTYPES:
@@ -347,6 +356,7 @@ TINY = ModelConfig(
     max_text_tokens=160,
     region_prompts=True,
     audio_time_stamps=True,
+    audio_time_map=True,
 )
 
 PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "paper": PAPER}

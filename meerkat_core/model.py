@@ -40,14 +40,25 @@ with the chat template's system prompt in front.
 With ``audio_time_stamps`` (on in ``tiny``), each audio token also carries the LLM's embedding of
 the time token at the centre of the stretch it covers, times a learned gain (:meth:`encode_media`).
 
+With ``audio_time_map`` (on in ``tiny``), the temporal counterpart of AVACE's box map: a linear
+head ``time_head`` scores each fused audio token "inside the sound"; each audio token gets its
+score times a learned vector (``time_embed``), and every audio token the window the scores imply
+(:func:`time_map_window`) as sin/cos features through ``time_where`` (zero at init), as AVACE's
+``map_box_tokens`` does for the box. The head is trained by ``loss_time`` (:func:`time_map_loss`,
+weight ``loss.lambda_time``): per-token cross-entropy against the window that the answer itself
+writes (igatl's ``[2.3, 5.1]``, read off the labels' time tokens by :func:`answer_windows`), so no
+extra batch column is needed; the loss is then ``loss + λ_time · loss_time`` and ``forward``
+returns ``loss_time`` too.
+
 Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE, the two projections, the region
-projections and the time stamps' gain. Frozen: both encoders and the LLM's base weights. Saving writes only the trainable
+projections, the time stamps' gain and the time map's head, vector and projection. Frozen: both encoders and the LLM's base weights. Saving writes only the trainable
 tensors, in the format :mod:`meerkat_core.checkpoint` owns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +69,16 @@ from transformers import PreTrainedTokenizerBase
 
 from meerkat_core import checkpoint, prompts
 from meerkat_core.alignment import ot_loss
-from meerkat_core.attention import AVACE, attention_consistency_loss
+from meerkat_core.attention import AVACE, WHERE_FREQUENCIES, attention_consistency_loss, fourier_features
 from meerkat_core.batching import IGNORE_INDEX
 from meerkat_core.config import ModelConfig
-from meerkat_core.encoders import AudioEncoder, ImageEncoder, time_stamp_ids
+from meerkat_core.encoders import (
+    AudioEncoder,
+    ImageEncoder,
+    audio_token_layout,
+    audio_token_times,
+    time_stamp_ids,
+)
 from meerkat_core.losses import answer_cross_entropy, number_label_targets
 from meerkat_core.regions import add_region_features, region_features, zero_linear
 from meerkat_core.tokenizer import number_tokens
@@ -77,6 +94,8 @@ class MediaTokens:
     """``[B, h, w]`` AVACE map in [0, 1]."""
     img_proj: torch.Tensor
     aud_proj: torch.Tensor
+    time_logits: torch.Tensor | None = None
+    """``[B, N]`` the time map's per-audio-token logits (``audio_time_map``), else None."""
 
 
 class MeerkatModel(nn.Module):
@@ -108,6 +127,22 @@ class MeerkatModel(nn.Module):
             ids = time_stamp_ids(config.audio, number_tokens(tokenizer)["time"])
             self.register_buffer("audio_time_ids", ids, persistent=False)  # [N]
             self.audio_time_gain = nn.Parameter(torch.ones(1))  # [1], not 0-d: FSDP shards dim 0
+        if config.audio_time_map:  # see encode_media and time_map_loss
+            times = number_tokens(tokenizer)["time"]
+            if not times:
+                raise ValueError("audio_time_map needs a tokenizer with whole-number time tokens")
+            starts, ends = audio_token_times(config.audio)
+            self.register_buffer(
+                "audio_token_centres",
+                torch.tensor((starts + ends) / 2, dtype=torch.float32),
+                persistent=False,
+            )  # [N] seconds
+            values = torch.full((llm.get_input_embeddings().num_embeddings,), float("nan"))
+            values[torch.tensor([i for i, _ in times])] = torch.tensor([v for _, v in times])
+            self.register_buffer("time_values", values, persistent=False)  # [V] seconds, NaN: no time
+            self.time_head = nn.Linear(config.avace.dim, 1)
+            self.time_embed = nn.Parameter(torch.zeros(llm_dim))
+            self.time_where = zero_linear(2 * 2 * WHERE_FREQUENCIES, llm_dim)
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
         # soft labels of the answer loss (non-persistent: rebuilt from the tokenizer, never saved)
@@ -137,12 +172,26 @@ class MeerkatModel(nn.Module):
             # each audio token + the (frozen) input embedding of the time token at its centre
             stamps = self.llm.get_input_embeddings()(self.audio_time_ids)  # [N, D_T]
             aud = aud + self.audio_time_gain * stamps.to(aud.dtype)
+        time_logits = None
+        if self.config.audio_time_map:
+            # the time map: a score per audio token, its window as features (module docstring)
+            time_logits = self.time_head(av.aud).squeeze(-1).float()  # [B, N]
+            prob = time_logits.sigmoid()
+            clip = self.config.audio.clip_seconds
+            step = self.config.audio.window_seconds / audio_token_layout(self.config.audio)[1]
+            window = time_map_window(prob, self.audio_token_centres, step, clip)  # [B, 2] seconds
+            aud = (
+                aud
+                + prob[..., None].to(aud.dtype) * self.time_embed
+                + self.time_where(fourier_features(window / clip)).to(aud.dtype)[:, None]
+            )
         return MediaTokens(
             img=self.img_to_llm(img).to(dtype),
             aud=aud.to(dtype),
             attn_map=av.attn_map,
             img_proj=av.img_proj,
             aud_proj=av.aud_proj,
+            time_logits=time_logits,
         )
 
     def _add_regions(
@@ -263,13 +312,21 @@ class MeerkatModel(nn.Module):
                 else zero
             )
         loss = loss_ce + lc.lambda_ot * loss_ot + lc.lambda_ac * loss_ac
-        return {
+        out = {
             "loss": loss,
             "loss_ce": loss_ce,
             "loss_ot": loss_ot,
             "loss_ac": loss_ac,
             "attn_map": media.attn_map,
         }
+        if media.time_logits is not None:
+            with contextlib.nullcontext() if lc.lambda_time > 0 else torch.no_grad():
+                loss_time = time_map_loss(
+                    media.time_logits, batch["labels"], self.time_values, self.audio_token_centres
+                )
+            out["loss_time"] = loss_time
+            out["loss"] = loss + lc.lambda_time * loss_time
+        return out
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -307,6 +364,56 @@ class MeerkatModel(nn.Module):
         or from the recorded ``seed`` (random init, tiny).
         """
         return checkpoint.save_model_dir(directory, self, seed=seed, pretrained=pretrained)
+
+
+def time_map_window(
+    prob: torch.Tensor, centres: torch.Tensor, step: float, clip_seconds: float
+) -> torch.Tensor:
+    """``[B, N]`` scores in [0, 1] of audio tokens centred at ``centres [N]`` seconds, each covering
+    ``step`` seconds -> ``[B, 2]`` the window ``μ ± √3·σ`` they imply, clamped to the clip.
+
+    The scores, normalised, are a distribution over time; a uniform one over ``[s, e]`` has mean
+    ``(s+e)/2`` and variance ``(e-s)²/12``. Over token centres the variance of n whole tokens is
+    ``step²(n²-1)/12``, so ``step²/12`` is added back: a window of whole tokens is given back
+    exactly (the two frequency bands of a window cover the same times and count alike).
+    """
+    w = prob.float()
+    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    mu = w @ centres  # [B]
+    var = (w @ centres.square() - mu.square()).clamp_min(0.0) + step**2 / 12
+    half = math.sqrt(3.0) * var.sqrt()
+    return torch.stack([mu - half, mu + half], dim=1).clamp(0.0, clip_seconds)
+
+
+def answer_windows(labels: torch.Tensor, time_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``labels [B, L]`` (answer ids, -100 elsewhere) -> ``[B, 2]`` the time window each answer
+    writes (its two time tokens, ``time_values [V]`` seconds or NaN) and ``[B]`` bool: the answer
+    holds exactly two time tokens, in order (an igatl answer ``[2.3, 5.1]``)."""
+    vals = time_values[labels.clamp_min(0)]  # [B, L]
+    is_time = (labels >= 0) & ~vals.isnan()
+    start = torch.where(is_time, vals, torch.inf).amin(dim=1)
+    end = torch.where(is_time, vals, -torch.inf).amax(dim=1)
+    first = torch.where(is_time, vals, torch.nan)
+    # in order: the first time token written is the start
+    first_pos = is_time.float().argmax(dim=1)
+    ordered = first.gather(1, first_pos[:, None]).squeeze(1) == start
+    has = (is_time.sum(dim=1) == 2) & ordered
+    return torch.stack([start, end], dim=1).where(has[:, None], 0.0), has
+
+
+def time_map_loss(
+    logits: torch.Tensor, labels: torch.Tensor, time_values: torch.Tensor, centres: torch.Tensor
+) -> torch.Tensor:
+    """The time map's loss: binary cross-entropy of each audio token's logit ``logits [B, N]``
+    against "its centre (``centres [N]`` s) lies in the window the answer writes", averaged over the
+    tokens and the rows whose answer writes one (:func:`answer_windows`); 0 (still in the graph)
+    when none does."""
+    window, has = answer_windows(labels, time_values)
+    if not has.any():
+        return logits.sum() * 0.0
+    inside = (centres >= window[:, :1]) & (centres <= window[:, 1:])  # [B, N]
+    bce = F.binary_cross_entropy_with_logits(logits.float(), inside.float(), reduction="none").mean(dim=1)
+    return bce[has].mean()
 
 
 def count_parameters(

@@ -13,7 +13,8 @@ config ``train_config`` (``pipelines/configs/tiny.yaml``) with its dotted overri
 * ``no_regions``: boxes and windows written in prompts reach the LLM as text only
   (``model.region_prompts = false``, as in the paper);
 * ``no_time_stamps``: audio tokens without the time tokens' embeddings, and the time tokens' rows
-  with the plain harmonics (``model.audio_time_stamps = false``, as in the paper);
+  with the plain harmonics (``model.audio_time_stamps = false``, as in the paper); ``no_time_map``:
+  no time map (``model.audio_time_map = false``, as in the paper); ``no_time``: neither;
 * Fig. 4, LLM fine-tuning: ``lora4``, ``lora16``, ``lora32`` (``full`` uses the tiny preset's rank)
   and ``full_ft`` (the whole LLM trained, ``lora.r = 0``).
 
@@ -46,6 +47,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_ot_no_ac": ("model.loss.lambda_ot=0.0", "model.loss.lambda_ac=0.0"),
     "no_regions": ("model.region_prompts=false",),
     "no_time_stamps": ("model.audio_time_stamps=false",),
+    "no_time_map": ("model.audio_time_map=false",),
+    "no_time": ("model.audio_time_stamps=false", "model.audio_time_map=false"),
     "no_map_tokens": ("model.avace.map_tokens=false",),
     "no_map_box_tokens": ("model.avace.map_box_tokens=false",),
     "paper_avace": ("model.avace.map_tokens=false", "model.avace.map_box_tokens=false"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -200,3 +201,60 @@ def test_time_stamps_off_is_the_model_without_them():
         on.llm.get_input_embeddings().weight[list(box.values())],
         off.llm.get_input_embeddings().weight[list(box.values())],
     )
+
+
+def test_time_map_window_gives_back_a_window_of_whole_tokens():
+    from meerkat_core.encoders import audio_token_times
+    from meerkat_core.model import time_map_window
+
+    starts, ends = audio_token_times(TINY.audio)
+    centres = torch.tensor((starts + ends) / 2, dtype=torch.float32)
+    step = 10.0 / 32
+    # slots 8..15 of both bands: [2.5, 5.0] s exactly; a half-weight floor elsewhere widens it
+    inside = ((centres >= 2.5) & (centres <= 5.0)).float()
+    got = time_map_window(torch.stack([inside, inside * 0.5 + 0.5]), centres, step, 10.0)
+    torch.testing.assert_close(got[0], torch.tensor([2.5, 5.0]))
+    assert got[1, 0] < 2.5 and got[1, 1] > 5.0
+    # one token: [c - step/2, c + step/2]; the clip's edges clamp
+    one = torch.zeros(64)
+    one[0] = 1.0
+    torch.testing.assert_close(time_map_window(one[None], centres, step, 10.0)[0], torch.tensor([0.0, step]))
+
+
+def test_answer_windows_and_the_time_map_loss_by_hand(model):
+    from meerkat_core.model import answer_windows, time_map_loss
+
+    tok = model.tokenizer
+    batch = make_batch(model, ["[2.3, 5.1]", "[0.10, 0.20, 0.50, 0.60]", "[5.1, 2.3]"])
+    window, has = answer_windows(batch["labels"], model.time_values)
+    assert has.tolist() == [True, False, False]  # a box is no window; nor is a reversed one
+    torch.testing.assert_close(window[0], torch.tensor([2.3, 5.1]))
+    assert tok.convert_tokens_to_ids("2.3") in batch["labels"][0].tolist()
+    centres = model.audio_token_centres
+    inside = ((centres >= 2.3) & (centres <= 5.1)).float()  # 9 slots per band: 2.34 .. 4.84 s
+    assert int(inside.sum()) == 2 * 9
+    logits = torch.zeros(3, 64)
+    logits[0] = 2.0 * (2 * inside - 1)  # +2 inside, -2 outside: BCE = log(1 + e^-2) on every token
+    got = time_map_loss(logits, batch["labels"], model.time_values, centres)
+    torch.testing.assert_close(got, torch.tensor(math.log(1 + math.exp(-2.0))))
+    none = time_map_loss(logits[1:2].requires_grad_(), batch["labels"][1:2], model.time_values, centres)
+    assert none.item() == 0.0 and none.requires_grad  # in the graph for DDP
+
+
+def test_time_map_loss_is_added_and_off_means_no_head(model):
+    batch = make_batch(model, ["[2.3, 5.1]", "[0.10, 0.20, 0.50, 0.60]"])
+    out = model(batch)
+    assert out["loss_time"] > 0
+    lc = TINY.loss
+    torch.testing.assert_close(
+        out["loss"],
+        out["loss_ce"]
+        + lc.lambda_ot * out["loss_ot"]
+        + lc.lambda_ac * out["loss_ac"]
+        + lc.lambda_time * out["loss_time"],
+    )
+    from dataclasses import replace
+
+    off = build_model(replace(TINY, audio_time_map=False), pretrained=False, seed=0)
+    assert not any(n.startswith("time_") for n, _ in off.named_parameters())
+    assert "loss_time" not in off(make_batch(off, ["[2.3, 5.1]"]))
