@@ -17,9 +17,15 @@ In-process, no Ray, a few CPU minutes:
    The hypothesis under which the tokens' own features predict the label better is the layout;
    with the right one, the probe's per-token scores, thresholded, give an interval (first to last
    token above 0.5) whose IoU with the true event is reported too (and the event F1 at IoU 0.5);
-4. the same for the mean log-mel of each token's time span (an upper reference: the energy is there).
+4. the same for the mean log-mel of each token's time span (an upper reference: the energy is there);
+5. with ``--model REF`` (a trained model: ``models:/meerkat-tiny/2`` with ``MLFLOW_TRACKING_URI``
+   and the S3 variables of the stack that holds it, or a model directory): the same probe on the
+   audio tokens the trained LLM receives (``MeerkatModel.encode_media(...).aud``, with the scene's
+   image), and, for a model with ``audio_time_map``, the window its time map implies
+   (:func:`meerkat_core.model.time_map_window`) scored against the truth directly.
 
     .venv/bin/python experiments/temporal_probe.py --train-scenes 150 --test-scenes 60
+    .venv/bin/python experiments/temporal_probe.py --model models:/meerkat-tiny/2
 """
 
 from __future__ import annotations
@@ -39,11 +45,11 @@ from meerkat_core import config as cfgmod  # noqa: E402
 from meerkat_core import media  # noqa: E402
 from meerkat_core.batching import front_ends  # noqa: E402
 from meerkat_core.builders import build_model  # noqa: E402
-from meerkat_core.encoders import audio_token_times  # noqa: E402
+from meerkat_core.encoders import audio_token_layout, audio_token_times  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples  # noqa: E402
 
 
-def clips(split: str, n: int, seed: int) -> list[tuple[bytes, tuple[float, float]]]:
+def clips(split: str, n: int, seed: int) -> list[tuple[bytes, tuple[float, float], bytes]]:
     cfg = WORLD_PRESETS["easy"]
     cfg = type(cfg)(**{**cfg.__dict__, "task_weights": {"igatl": 1.0}})
     out = []
@@ -51,7 +57,7 @@ def clips(split: str, n: int, seed: int) -> list[tuple[bytes, tuple[float, float
         seg = s["json"]["segments"][0] if s["json"].get("segments") else None
         if seg is None:
             seg = next(e["segment"] for e in s["json"]["sound_events"] if e["object"] is not None)
-        out.append((s["audio"], tuple(seg)))
+        out.append((s["audio"], tuple(seg), s["image"]))
     return out
 
 
@@ -60,7 +66,7 @@ def encode(model, audio_fe, items, window_seconds: float) -> tuple[np.ndarray, n
     a = model.config.audio
     starts, ends = audio_token_times(a)
     toks, mels = [], []
-    for audio, _ in items:
+    for audio, *_ in items:
         wave = media.load_audio(audio, target_sr=a.sampling_rate, max_seconds=a.clip_seconds)
         mel = audio_fe([wave])  # [1, W, 1, T, F]
         with torch.no_grad():
@@ -83,7 +89,7 @@ def encode(model, audio_fe, items, window_seconds: float) -> tuple[np.ndarray, n
 def labels(items, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """``[n, N]``: 1 where the token's span overlaps the event by at least half of the span."""
     out = []
-    for _, (s, e) in items:
+    for _, (s, e), _ in items:
         overlap = np.clip(np.minimum(ends, e) - np.maximum(starts, s), 0, None)
         out.append((overlap >= 0.5 * (ends - starts)).astype(np.int64))
     return np.stack(out)
@@ -114,17 +120,56 @@ def interval_scores(p: np.ndarray, items, starts, ends, band_slots: int) -> dict
     first to the last slot above 0.5; mean IoU with the truth and event F1 at IoU 0.5."""
     ious = []
     n_slots = band_slots
-    for row, (_, (s, e)) in zip(p, items, strict=True):
+    for row, (_, (s, e), _) in zip(p, items, strict=True):
         slot_p = row.reshape(-1, n_slots).mean(0)
         on = np.nonzero(slot_p > 0.5)[0]
         if not len(on):
             ious.append(0.0)
             continue
-        ps, pe = starts[on[0]], ends[on[-1]]
-        inter = max(0.0, min(pe, e) - max(ps, s))
-        ious.append(inter / (max(pe, e) - min(ps, s)))
+        ious.append(_iou((starts[on[0]], ends[on[-1]]), (s, e)))
+    return _iou_summary(ious)
+
+
+def _iou(a, b) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / max(max(a[1], b[1]) - min(a[0], b[0]), 1e-9)
+
+
+def _iou_summary(ious) -> dict:
     ious = np.asarray(ious)
     return {"mean_iou": round(float(ious.mean()), 4), "event_f1@0.5": round(float((ious >= 0.5).mean()), 4)}
+
+
+def llm_side(ref: str, items) -> tuple[np.ndarray, list[float] | None]:
+    """Audio tokens the trained LLM of ``ref`` receives ``[n, N, D_T]``; IoUs of its time map's window."""
+    from meerkat_core.batching import SamplePreprocessor
+    from meerkat_core.builders import load_model
+    from meerkat_core.model import time_map_window
+
+    if ref.startswith("models:/"):
+        from pipelines import registry
+
+        model = registry.load(ref)
+    else:
+        model = load_model(ref)
+    model.eval()
+    pp = SamplePreprocessor(model.config, model.tokenizer)
+    a = model.config.audio
+    toks, ious = [], []
+    for audio, seg, image in items:
+        row = pp(image, audio, {"instruction": "x", "answer": "x"}, with_answer=False)
+        with torch.no_grad():
+            media_tokens = model.encode_media(
+                torch.from_numpy(row["pixel_values"])[None], torch.from_numpy(row["audio_features"])[None]
+            )
+        toks.append(media_tokens.aud[0].float().numpy())
+        if media_tokens.time_logits is not None:
+            step = a.window_seconds / audio_token_layout(a)[1]
+            w = time_map_window(
+                media_tokens.time_logits.sigmoid(), model.audio_token_centres, step, a.clip_seconds
+            )
+            ious.append(_iou(w[0].tolist(), seg))
+    return np.stack(toks), (ious or None)
 
 
 def main(argv=None) -> dict:
@@ -133,6 +178,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--test-scenes", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", default="")
+    ap.add_argument("--model", default="", help="a trained model (models:/name/version or a directory)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     cfg = cfgmod.PRESETS["tiny"]
@@ -164,6 +210,16 @@ def main(argv=None) -> dict:
     out["mel_of_token_span"] = res_m
     out["mel_of_token_span/interval"] = interval_scores(p_m, te, h_starts[:slots], h_ends[:slots], slots)
     print(f"log-mel of each token's span:    {res_m} {out['mel_of_token_span/interval']}")
+    if args.model:
+        l_tr, _ = llm_side(args.model, tr)
+        l_te, ious = llm_side(args.model, te)
+        res_l, p_l = probe(l_tr, y_tr, l_te, y_te)
+        out["llm_side_tokens"] = res_l
+        out["llm_side_tokens/interval"] = interval_scores(p_l, te, h_starts[:slots], h_ends[:slots], slots)
+        print(f"audio tokens the LLM receives: {res_l} {out['llm_side_tokens/interval']}")
+        if ious is not None:
+            out["time_map_window"] = _iou_summary(ious)
+            print(f"the time map's own window:     {out['time_map_window']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     return out

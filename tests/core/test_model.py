@@ -210,15 +210,26 @@ def test_time_map_window_gives_back_a_window_of_whole_tokens():
     starts, ends = audio_token_times(TINY.audio)
     centres = torch.tensor((starts + ends) / 2, dtype=torch.float32)
     step = 10.0 / 32
-    # slots 8..15 of both bands: [2.5, 5.0] s exactly; a half-weight floor elsewhere widens it
+    # slots 8..15 of both bands: [2.5, 5.0] s exactly, with or without a floor below 0.5 outside
     inside = ((centres >= 2.5) & (centres <= 5.0)).float()
-    got = time_map_window(torch.stack([inside, inside * 0.5 + 0.5]), centres, step, 10.0)
-    torch.testing.assert_close(got[0], torch.tensor([2.5, 5.0]))
-    assert got[1, 0] < 2.5 and got[1, 1] > 5.0
-    # one token: [c - step/2, c + step/2]; the clip's edges clamp
+    got = time_map_window(torch.stack([inside, inside * 0.6 + 0.4]), centres, step, 10.0, 2)
+    torch.testing.assert_close(got, torch.tensor([[2.5, 5.0], [2.5, 5.0]]))
+    # bands are averaged: slot 8 above 0.5 in one band only (mean 0.5) is not in the window
+    one_band = inside.clone()
+    one_band[8] = 0.0
+    torch.testing.assert_close(
+        time_map_window(one_band[None], centres, step, 10.0, 2)[0], torch.tensor([2.8125, 5.0])
+    )
+    # no slot above 0.5: mu +- sqrt(3) sigma; one token at 0 s -> [c - step/2, c + step/2], clamped
     one = torch.zeros(64)
-    one[0] = 1.0
-    torch.testing.assert_close(time_map_window(one[None], centres, step, 10.0)[0], torch.tensor([0.0, step]))
+    one[0] = 0.4
+    torch.testing.assert_close(
+        time_map_window(one[None], centres, step, 10.0, 2)[0], torch.tensor([0.0, step])
+    )
+    spread = torch.full((64,), 0.3)  # uniform over the clip: the whole clip
+    torch.testing.assert_close(
+        time_map_window(spread[None], centres, step, 10.0, 2)[0], torch.tensor([0.0, 10.0])
+    )
 
 
 def test_answer_windows_and_the_time_map_loss_by_hand(model):
