@@ -256,6 +256,11 @@ def parameter_counts(config: ModelConfig, *, vocab_rows: int | None = None) -> P
     adapter = _avace_params(config) + 2 * (config.avace.dim * h + h)
     if config.region_prompts:
         adapter += (h + 2) * h + h + 2 * config.audio.num_mel_bins * h + h
+    if config.audio_time_stamps:
+        adapter += 1  # the stamps' gain
+    if config.audio_time_map:
+        # time_head (AVACE dim -> 1), time_embed [h], time_where (window start/end x (cos, sin) x 8 -> h)
+        adapter += (config.avace.dim + 1) + h + (2 * 2 * 8 + 1) * h
     return ParameterCounts(
         image_encoder=_clip_params(config),
         audio_encoder=_htsat_params(config),

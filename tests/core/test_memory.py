@@ -38,10 +38,10 @@ def _check_counts(model, counts: memory.ParameterCounts) -> None:
     assert counts.image_encoder == count_parameters(model.image_encoder)
     assert counts.audio_encoder == count_parameters(model.audio_encoder)
     assert counts.llm == count_parameters(model.llm)
-    adapter = sum(
-        count_parameters(m)
-        for n, m in model.named_children()
-        if n not in ("image_encoder", "audio_encoder", "llm")
+    adapter = sum(  # every parameter outside the encoders and the LLM, held by a child or directly
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.split(".")[0] not in ("image_encoder", "audio_encoder", "llm")
     )
     assert counts.adapter == adapter
     assert counts.trainable == count_parameters(model, trainable=True)
