@@ -81,6 +81,8 @@ class Level:
     """CPU time of this process (the load generator: HTTP clients, asyncio) over the level."""
     machine_cpu_s: float
     """CPU time of the whole machine over the level (every process: proxy, replicas, Ray, clients)."""
+    process_cpu_s: dict[str, float]
+    """CPU time over the level by process title (``ray::ProxyActor``, each replica, ``raylet``...)."""
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -96,7 +98,7 @@ class Level:
 
 async def _clients(
     call: Callable[[], Awaitable[None]], clients: int
-) -> tuple[float, list[float], float, float]:
+) -> tuple[float, list[float], float, float, dict[str, float]]:
     """``clients`` concurrent callers, each making its share of requests back to back, after one
     warm-up request each; returns the wall time, each request's latency and this process's CPU
     time over the timed part."""
@@ -110,10 +112,34 @@ async def _clients(
                 latencies.append(time.perf_counter() - start)
 
     await asyncio.gather(*(one_client(1, False) for _ in range(clients)))
-    start, cpu, machine = time.perf_counter(), time.process_time(), _machine_cpu_s()
+    start, cpu, machine, procs = time.perf_counter(), time.process_time(), _machine_cpu_s(), _process_cpu_s()
     runs = (one_client(REQUESTS_PER_CLIENT[clients], True) for _ in range(clients))
     await asyncio.wait_for(asyncio.gather(*runs), LEVEL_TIMEOUT_S)
-    return time.perf_counter() - start, latencies, time.process_time() - cpu, _machine_cpu_s() - machine
+    after = _process_cpu_s()
+    by_title: dict[str, float] = collections.defaultdict(float)
+    for pid, (title, seconds) in after.items():
+        by_title[title] += seconds - procs.get(pid, (title, 0.0))[1]
+    return (
+        time.perf_counter() - start,
+        latencies,
+        time.process_time() - cpu,
+        _machine_cpu_s() - machine,
+        dict(by_title),
+    )
+
+
+def _process_cpu_s() -> dict[int, tuple[str, float]]:
+    """``pid -> (title, CPU seconds)`` of every process: Ray's workers by their title
+    (``ray::ProxyActor``, ``ray::ServeReplica:...``), others by name."""
+    out = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        info = proc.info
+        if info["cpu_times"] is None:
+            continue
+        cmd = info["cmdline"] or []
+        title = cmd[0] if cmd and cmd[0].startswith("ray::") else (info["name"] or "?")
+        out[proc.pid] = (title[:60], info["cpu_times"].user + info["cpu_times"].system)
+    return out
 
 
 def _machine_cpu_s() -> float:
@@ -165,7 +191,7 @@ def _hotspots(path: Path, top: int = 8) -> list[tuple[str, float]]:
 def _http_levels(
     deployed: service.Service, body: bytes, batch: int, profile: Callable[[], None] | None = None
 ) -> list[Level]:
-    async def run(clients: int) -> tuple[float, list[float], float, float]:
+    async def run(clients: int) -> tuple[float, list[float], float, float, dict[str, float]]:
         headers = {**deployed.headers, "Content-Type": "application/json"}
         limits = httpx.Limits(max_connections=clients)
         async with httpx.AsyncClient(
@@ -330,6 +356,12 @@ def test_batching_throughput_latency_and_serve_overhead(local_stack, tmp_path):
         f"load generator (this process) over the batched {top}-client level: {client_ms:.1f} ms CPU per request "
         f"({batched.client_cpu_s / batched.seconds:.2f} cores)"
     )
+    for label, level in (("batched, {top} clients", batched), ("served alone", alone)):
+        shares = sorted(level.process_cpu_s.items(), key=lambda kv: -kv[1])[:8]
+        print(
+            f"CPU per request by process, {label.format(top=top)} (ms): "
+            + ", ".join(f"{t} {v / len(level.latencies) * 1e3:.0f}" for t, v in shares)
+        )
     print(
         f"serving overhead, CPU: {alone.cpu_ms_per_request:.0f} ms per request served alone - "
         f"{preprocess_ms:.0f} preprocess - {generate_ms[1]:.0f} generate = {serving_ms:.0f} ms"
