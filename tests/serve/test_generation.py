@@ -109,8 +109,8 @@ def test_cut_at_stop_by_hand():
 
 
 def test_lean_rows_from_the_ingress_are_made_float_in_the_replica(model, rows):
-    """The ingress sends 8-bit pixels and 16-bit mels; the generator answers them as it answers
-    the float rows they stand for, and each as it answers it alone."""
+    """The ingress sends 8-bit pixels and 16-bit mels; the generator takes them (the model would
+    refuse uint8 pixels) and answers them as it answers the float rows they stand for."""
     from meerkat_core import media
 
     prep = batching.SamplePreprocessor(model.config, model.tokenizer)
