@@ -2,7 +2,8 @@
 
 :class:`ModelReplica` loads a trained model by :func:`pipelines.registry.load` (a registry name and
 version, a run, an ``s3://`` checkpoint or a local directory) and generates for dynamic batches of
-preprocessed requests (``@serve.batch``), through :class:`serve.generation.Generator`. Batch size
+preprocessed requests (:class:`serve.batcher.DynamicBatcher`, which forms a batch when the model is
+free; see there why not ``@serve.batch``), through :class:`serve.generation.Generator`. Batch size
 and wait come from its ``user_config`` (:class:`BatchingConfig`), so they change on a running
 replica without a restart; GPUs come through ``ray_actor_options``.
 
@@ -11,8 +12,8 @@ Decisions made here:
 - The ingress asks the replica for its config and tokenizer at start-up (:meth:`ModelReplica.describe`)
   instead of loading the model reference a second time: one download, and the two can never
   disagree.
-- Each batch runs on a worker thread, so that the replica keeps queueing the next batch while one
-  is generating.
+- Each batch runs on a worker thread, so that the replica keeps queueing requests while one batch
+  is generating; the queue is the next batch.
 - A batch running longer than :data:`STUCK_AFTER_S` fails Serve's health check, and Serve
   replaces the replica.
 - ``graceful_shutdown_timeout_s`` is above the ingress's default request timeout, so a scale-down
@@ -27,10 +28,12 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.util import metrics
 from transformers import PreTrainedTokenizerBase
 
 from meerkat_core.config import ModelConfig
 from pipelines import registry
+from serve.batcher import DynamicBatcher
 from serve.generation import Completion, Generation, Generator
 
 
@@ -77,11 +80,23 @@ class ModelReplica:
         self.generator = Generator(self.model, self.device)
         self.info = ModelInfo(name, self.model.config, self.model.tokenizer)
         self.busy_since: float | None = None
+        self.batcher: DynamicBatcher[Generation, Completion] = DynamicBatcher(
+            self._run_batch, _BATCHING.max_batch_size, _BATCHING.batch_wait_timeout_s
+        )
+        self.batch_size_metric = metrics.Histogram(
+            "meerkat_batch_size",
+            description="Requests per batch the model replica generated for.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64],
+        )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = BatchingConfig.model_validate(user_config)
-        self.generate.set_max_batch_size(config.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.batcher.max_batch_size = config.max_batch_size
+        self.batcher.wait_s = config.batch_wait_timeout_s
+
+    def batch_stats(self) -> dict[int, int]:
+        """How many batches of each size this replica has run since it started."""
+        return dict(self.batcher.batch_sizes)
 
     def describe(self) -> ModelInfo:
         return self.info
@@ -94,10 +109,14 @@ class ModelReplica:
         if self.busy_since is not None and time.monotonic() - self.busy_since > STUCK_AFTER_S:
             raise RuntimeError(f"a batch has been generating for over {STUCK_AFTER_S:g} s")
 
-    @serve.batch(max_batch_size=_BATCHING.max_batch_size, batch_wait_timeout_s=_BATCHING.batch_wait_timeout_s)
-    async def generate(self, requests: list[Generation]) -> list[Completion]:
-        # A worker thread, so that the replica keeps queueing the next batch while this one runs.
+    async def generate(self, request: Generation) -> Completion:
+        """``request``'s answer, generated in the next batch."""
+        return await self.batcher.submit(request)
+
+    async def _run_batch(self, requests: list[Generation]) -> list[Completion]:
+        # A worker thread, so that the replica keeps queueing requests while this batch runs.
         self.busy_since = time.monotonic()
+        self.batch_size_metric.observe(len(requests))
         try:
             return await asyncio.to_thread(self.generator, requests)
         finally:

@@ -1,20 +1,24 @@
 """Serve load benchmark (``-m bench``), all measured in one run on the local stack:
 
-- end to end: ``POST /v1/ground`` over HTTP at 1, 4 and 16 concurrent clients, with dynamic
+- end to end: ``POST /v1/ground`` over HTTP at 1 and 16 concurrent clients, with dynamic
   batching (``max_batch_size=16``) and without (``=1``), on the same replicas;
 - the Serve + HTTP overhead at batch 1: an HTTP request against an in-process call doing the
   service's work (decode, features, tokenize, generate at batch 1 on one thread, as the replica),
   alternated so that both see the same background load;
 - where a request's CPU time goes, in process with the service down: preprocessing (decode and
-  CLAP log-mel features, per request, in the ingress) and generation per request at batch 1 and
-  16 (what batching shares);
+  CLAP log-mel features, per request, in the ingress) and generation per request at batch 1, at
+  16 (what batching shares) and at every batch size the replica ran;
+- the batches the model replica ran at each level, by size (``ModelReplica.batch_stats``);
 - the machine's CPU time per request at each level (all processes, from ``psutil.cpu_times``);
 - the ceiling: ``cores / (preprocessing + generation at batch 16 + serving overhead)``, per-request
   CPU times all measured in this run, and the batched throughput at 16 clients as a fraction of
-  it. The serving overhead is CPU time: what the machine spends per request served alone (batch
-  1, one client) beyond the in-process preprocessing and generation at batch 1 — the proxy, the
-  handles, Ray's workers, logging and metrics, and the load generator (this process, on the same
-  cores; its own share is printed). The ceiling from the latency overhead is printed beside;
+  it. The serving overhead is CPU time, measured under the load it is charged to: what the machine
+  spends per request at the batched 16-client level beyond the in-process preprocessing and the
+  generation at the batch sizes the replica ran — the proxy, HTTP parsing, handles and
+  serialization, Ray's daemons, logging and metrics, and the load generator (this process, on the
+  same cores; its own share is printed). Served alone (one client) a request would also be charged
+  the background CPU of processes idling beside it: that figure, and the ceiling from the latency
+  overhead, are printed for reference;
 - with ``MEERKAT_BENCH_PROFILE=1``, a py-spy profile of the two replicas during the
   batched 16-client level: the functions where each process spends its CPU.
 
@@ -83,6 +87,8 @@ class Level:
     """CPU time of the whole machine over the level (every process: proxy, replicas, Ray, clients)."""
     process_cpu_s: dict[str, float]
     """CPU time over the level by process title (``ray::ProxyActor``, each replica, ``raylet``...)."""
+    batch_sizes: dict[int, int]
+    """Batches the model replica ran during the level (warm-up included), by size."""
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -189,7 +195,7 @@ def _hotspots(path: Path, top: int = 8) -> list[tuple[str, float]]:
 
 
 def _http_levels(
-    deployed: service.Service, body: bytes, batch: int, profile: Callable[[], None] | None = None
+    stack, deployed: service.Service, body: bytes, batch: int, profile: Callable[[], None] | None = None
 ) -> list[Level]:
     async def run(clients: int) -> tuple[float, list[float], float, float, dict[str, float]]:
         headers = {**deployed.headers, "Content-Type": "application/json"}
@@ -208,7 +214,11 @@ def _http_levels(
     for c in CLIENTS:
         if profile is not None and c == CLIENTS[-1]:
             profile()
-        levels.append(Level("HTTP", batch, c, *asyncio.run(run(c))))
+        before = service.batch_stats(stack, deployed)
+        measured = asyncio.run(run(c))
+        after = service.batch_stats(stack, deployed)
+        sizes = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
+        levels.append(Level("HTTP", batch, c, *measured, sizes))
     return levels
 
 
@@ -278,12 +288,12 @@ def test_batching_throughput_latency_and_serve_overhead(local_stack, tmp_path):
                     if os.environ.get("MEERKAT_BENCH_PROFILE"):
                         spies.extend(_profile(pids, 20, profile_dir))
 
-                levels = _http_levels(deployed, body, 16, profile)
+                levels = _http_levels(local_stack, deployed, body, 16, profile)
                 for spy in spies:
                     spy.wait(timeout=120)
                 service.deploy(local_stack, str(model_dir), port, deployed.token, "--max-batch-size", "1")
                 assert service.replicas(deployed) == replicas, "changing the batch size restarted a replica"
-                levels += _http_levels(deployed, body, 1)
+                levels += _http_levels(local_stack, deployed, body, 1)
                 pairs = []
                 with httpx.Client(base_url=deployed.url, headers=deployed.headers, timeout=120) as client:
                     for _ in range(OVERHEAD_PAIRS):
@@ -304,7 +314,11 @@ def test_batching_throughput_latency_and_serve_overhead(local_stack, tmp_path):
                 service.meerkat_serve(local_stack.config.dir, deployed.env, "down")
             row = preprocess()
             preprocess_ms = _per_request_ms(preprocess, 1)
-            generate_ms = {b: _per_request_ms(lambda b=b: generate([row] * b), b) for b in (1, 16)}
+            # at batch 1 and 16, and at every size the replica ran in the batched top level
+            sizes = {1, 16} | set(
+                next(lv for lv in levels if lv.batch == 16 and lv.clients == CLIENTS[-1]).batch_sizes
+            )
+            generate_ms = {b: _per_request_ms(lambda b=b: generate([row] * b), b) for b in sorted(sizes)}
     finally:
         torch.set_num_threads(threads)
 
@@ -334,7 +348,8 @@ def test_batching_throughput_latency_and_serve_overhead(local_stack, tmp_path):
     )
     print(
         f"per request, in process: preprocess {preprocess_ms:.0f} ms; generate {generate_ms[1]:.0f} ms at "
-        f"batch 1, {generate_ms[16]:.0f} ms at batch 16 ({generation_gain:.1f}x)"
+        f"batch 1, {generate_ms[16]:.0f} ms at batch 16 ({generation_gain:.1f}x); by batch size: "
+        + ", ".join(f"{b}: {ms:.0f}" for b, ms in sorted(generate_ms.items()))
     )
 
     for name in pids if spies else ():
@@ -344,11 +359,25 @@ def test_batching_throughput_latency_and_serve_overhead(local_stack, tmp_path):
     cores = len(os.sched_getaffinity(0))
     batched, alone = by[16, top], by[1, 1]
     client_ms = batched.client_cpu_s / len(batched.latencies) * 1e3
-    # Serving overhead as CPU time: what the machine spends per request served alone (batch 1, one
-    # client) beyond the in-process preprocessing and generation: proxy, handles, Ray's workers,
-    # logging and metrics, and the load generator. The latency difference above misses the part
-    # that runs beside the request (background threads, other processes).
-    serving_ms = max(alone.cpu_ms_per_request - preprocess_ms - generate_ms[1], 0.0)
+    for level in (batched, alone):
+        runs = sum(level.batch_sizes.values())
+        mean = sum(size * n for size, n in level.batch_sizes.items()) / max(runs, 1)
+        print(
+            f"batches the model replica ran at {level.clients} client(s), max_batch_size 16: {runs}, "
+            f"mean size {mean:.1f}, by size {dict(sorted(level.batch_sizes.items()))}"
+        )
+    # Generation per request at the batch sizes the replica actually ran (each request weighs one).
+    ran = batched.batch_sizes
+    generated_ms = sum(size * n * generate_ms[size] for size, n in ran.items()) / sum(
+        size * n for size, n in ran.items()
+    )
+    # Serving overhead as CPU time, measured under the load it is charged to: what the machine spent
+    # per request in the batched top level beyond the in-process preprocessing and the generation
+    # at the sizes run: proxy, HTTP parsing, handles and serialization, Ray's daemons, logging and
+    # metrics, and the load generator. (Served alone, a request is also charged the background CPU
+    # the idle processes spend while it is the only one in flight; printed below for reference.)
+    serving_ms = max(batched.cpu_ms_per_request - preprocess_ms - generated_ms, 0.0)
+    alone_ms = max(alone.cpu_ms_per_request - preprocess_ms - generate_ms[1], 0.0)
     ceiling = cores / ((preprocess_ms + generate_ms[16] + serving_ms) / 1e3)
     ratio = batched.throughput / ceiling
     latency_ceiling = cores / ((preprocess_ms + generate_ms[16] + max(overhead, 0.0) * 1e3 + client_ms) / 1e3)
@@ -363,15 +392,17 @@ def test_batching_throughput_latency_and_serve_overhead(local_stack, tmp_path):
             + ", ".join(f"{t} {v / len(level.latencies) * 1e3:.0f}" for t, v in shares)
         )
     print(
-        f"serving overhead, CPU: {alone.cpu_ms_per_request:.0f} ms per request served alone - "
-        f"{preprocess_ms:.0f} preprocess - {generate_ms[1]:.0f} generate = {serving_ms:.0f} ms"
+        f"serving overhead, CPU: {batched.cpu_ms_per_request:.0f} ms per request batched at {top} clients - "
+        f"{preprocess_ms:.0f} preprocess - {generated_ms:.0f} generate at the sizes run = {serving_ms:.0f} ms "
+        f"(served alone: {alone.cpu_ms_per_request:.0f} - {preprocess_ms:.0f} - {generate_ms[1]:.0f} = "
+        f"{alone_ms:.0f} ms)"
     )
     print(
         f"ceiling: {cores} cores / ({preprocess_ms:.0f} + {generate_ms[16]:.0f} + {serving_ms:.0f} ms) = "
         f"{ceiling:.1f} req/s; batched at {top} clients: {batched.throughput:.2f} req/s = {ratio:.2f} of it "
-        f"({batched.cpu_ms_per_request:.0f} ms CPU per request). With the latency overhead instead "
-        f"({max(overhead, 0.0) * 1e3:.0f} ms + {client_ms:.0f} ms load generator): {latency_ceiling:.1f} req/s, "
-        f"{batched.throughput / latency_ceiling:.2f} of it"
+        f"({batched.machine_cpu_s / batched.seconds:.2f} of {cores} cores busy). With the latency overhead "
+        f"instead ({max(overhead, 0.0) * 1e3:.0f} ms + {client_ms:.0f} ms load generator): "
+        f"{latency_ceiling:.1f} req/s, {batched.throughput / latency_ceiling:.2f} of it"
     )
     assert generation_gain > 2, f"generation should gain from batches of 16: {generation_gain:.2f}x"
     print(f"bench: serve ceiling_ratio={ratio:.2f} batched_vs_batch1={gain:.2f} p99_p50={tail:.2f}")

@@ -6,12 +6,14 @@
   garbage, which only exercises ``parsed: false``).
 - :func:`deploy` runs ``meerkat serve`` (``serve deploy`` of ``serve/config.yaml``) against a local
   stack and waits until ``/healthz`` answers; :func:`replicas` reads the replicas' ids and pids
-  from the Ray dashboard's Serve API, to tell whether one restarted.
+  from the Ray dashboard's Serve API, to tell whether one restarted; :func:`batch_stats` reads the
+  sizes of the batches the model replica ran.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -178,3 +180,23 @@ def replicas(service: Service) -> dict[str, set[tuple[str, str, int]]]:
         }
         for name, deployment in app["deployments"].items()
     }
+
+
+def batch_stats(stack: Any, service: Service) -> dict[int, int]:
+    """The model replica's count of the batches it has run, by size (``ModelReplica.batch_stats``),
+    read through a Serve handle from a driver process on ``stack``."""
+    code = (
+        "import json, ray\n"
+        "from ray import serve\n"
+        f"ray.init(address='127.0.0.1:{stack.config.ray_port}', namespace='serve', logging_level='ERROR')\n"
+        "handle = serve.get_deployment_handle('ModelReplica', app_name='meerkat')\n"
+        "print(json.dumps(handle.batch_stats.remote().result()))\n"
+    )
+    # RAY_ADDRESS names the dashboard (for the CLI); the driver joins the cluster at its GCS.
+    env = {k: v for k, v in service.env.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"reading the replica's batch stats failed:\n{out.stderr[-2000:]}")
+    return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}

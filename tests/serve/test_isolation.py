@@ -84,7 +84,7 @@ def batching_service(meerkat_service, local_stack, deployed_ref, replicas_at_sta
 
 
 def test_poisoned_requests_in_a_batch_never_change_the_good_answers(
-    batching_service, scenes, registered_model
+    batching_service, local_stack, scenes, registered_model
 ):
     model = registered_model.removeprefix("models:/")
     scene = scenes[0]
@@ -116,8 +116,12 @@ def test_poisoned_requests_in_a_batch_never_change_the_good_answers(
         alone = [send(r) for r in good]
         assert all(r.status_code == 200 for r in alone), [r.text for r in alone]
         mixed = [*poisoned[:4], *good, *poisoned[4:]]
+        before = service.batch_stats(local_stack, batching_service)
         with ThreadPoolExecutor(len(mixed)) as pool:
             responses = list(pool.map(send, mixed))
+        after = service.batch_stats(local_stack, batching_service)
+    ran = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
+    assert max(ran) > 1, f"the mixed requests were not batched together: {ran}"
     together = responses[4 : 4 + len(good)]
     assert [r.status_code for r in together] == [200] * len(good), [r.text for r in together]
     assert [r.json()["text"] for r in together] == [r.json()["text"] for r in alone]
