@@ -1,9 +1,10 @@
 """Dynamic batching that forms a batch when the model is free to run it.
 
 :class:`DynamicBatcher` queues requests while the model runs and hands the model everything that
-has accumulated (up to ``max_batch_size``) as soon as it is free. A request that finds the model
-idle waits at most ``wait_s`` for company; requests that queued behind a running batch have
-waited already and are not held any longer. This is the batching of Triton's dynamic batcher
+has accumulated (up to ``max_batch_size``) as soon as it is free. A batch is closed when it is full
+or when its oldest request has waited ``wait_s``: a request that finds the model idle waits at most
+``wait_s`` for company, and requests that queued behind a running batch for longer than that go in
+at once. This is the batching of Triton's dynamic batcher
 (``max_queue_delay`` counted from the oldest queued request), written here on asyncio.
 
 Why not ``@serve.batch``: since Ray made batches concurrent (``max_concurrent_batches``,
@@ -24,17 +25,24 @@ Decisions made here:
 - An exception from ``run`` fails the requests of that batch only; isolating a bad request inside
   a batch is the runner's job (:class:`serve.generation.Generator` retries them alone).
 - ``max_batch_size`` and ``wait_s`` are plain attributes: set them on a running batcher and the
-  next batch follows them (Serve's ``reconfigure``).
+  next batch follows them (Serve's ``reconfigure``); a batch already filling keeps the deadline it
+  computed until the next request arrives.
+- The worker runs in a fresh ``contextvars`` context: it serves every request, so it must not carry
+  the first request's Serve request context (its id in log lines, its trace).
+- Should the worker itself end (its task cancelled, ``run`` raising a ``BaseException`` such as
+  ``CancelledError`` at shutdown), every request still waiting gets that error instead of hanging;
+  the next :meth:`submit` starts a new worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,7 +77,8 @@ class DynamicBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._arrived = asyncio.Event()
-            self._worker = loop.create_task(self._serve(), name="dynamic-batcher")
+            self._worker = contextvars.Context().run(loop.create_task, self._serve(), name="dynamic-batcher")
+            self._worker.add_done_callback(self._worker_ended)
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(_Pending(item, future, time.monotonic()))
         assert self._arrived is not None
@@ -98,8 +107,16 @@ class DynamicBatcher(Generic[T, R]):
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 return
+
+    def _worker_ended(self, worker: asyncio.Task[None]) -> None:
+        error: BaseException = (
+            asyncio.CancelledError() if worker.cancelled() else worker.exception() or RuntimeError("ended")
+        )
+        waiting = list(self._pending)
+        self._pending.clear()
+        _fail(waiting, error)
 
     def _take(self) -> list[_Pending[T, R]]:
         batch: list[_Pending[T, R]] = []
@@ -127,10 +144,21 @@ class DynamicBatcher(Generic[T, R]):
                 if len(results) != len(batch):
                     raise RuntimeError(f"a batch of {len(batch)} got {len(results)} results")
             except Exception as err:  # noqa: BLE001 - the batch's requests get the error, the loop goes on
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
+                _fail(batch, err)
                 continue
+            except BaseException as err:  # the worker is ending (cancelled): nobody may hang
+                _fail(batch, err)
+                raise
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+
+
+def _fail(batch: Sequence[_Pending[Any, Any]], error: BaseException) -> None:
+    for p in batch:
+        if p.future.done():
+            continue
+        if isinstance(error, asyncio.CancelledError):
+            p.future.cancel()
+        else:
+            p.future.set_exception(error)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.util import metrics
+from ray.serve import metrics
 from transformers import PreTrainedTokenizerBase
 
 from meerkat_core.config import ModelConfig
@@ -54,7 +54,7 @@ class BatchingConfig(BaseModel):
     max_batch_size: int = Field(16, ge=1)
     """Keep it below the deployment's ``max_ongoing_requests``, or batches never fill."""
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    """How long the first request of a batch waits for others."""
+    """How long a batch may wait for more requests, counted from its oldest request's arrival."""
 
 
 _BATCHING = BatchingConfig()

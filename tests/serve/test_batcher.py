@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 
 import pytest
@@ -31,14 +32,14 @@ def test_requests_that_queue_behind_a_running_batch_form_the_next_batch():
     that queued while the first ran (``@serve.batch`` of Ray 2.60 would run them one by one)."""
 
     async def main():
-        model = _Model(seconds=0.1)
+        model = _Model(seconds=0.4)
         batcher = DynamicBatcher(model, max_batch_size=16, wait_s=0.01)
         first = asyncio.create_task(batcher.submit(0))
         await asyncio.sleep(0.03)  # the first batch is running
         later = []
-        for i in range(1, 6):  # arrive 10 ms apart, each after the wait of the batch before
+        for i in range(1, 6):  # arrive 20 ms apart, each longer after the last than the wait
             later.append(asyncio.create_task(batcher.submit(i)))
-            await asyncio.sleep(0.012)
+            await asyncio.sleep(0.02)
         results = await asyncio.gather(first, *later)
         return model.batches, results, batcher.batch_sizes
 
@@ -99,6 +100,68 @@ def test_a_cancelled_request_never_takes_a_batch_slot():
     assert batches == [[0], [2, 3]]
 
 
+def test_a_caller_gone_while_its_batch_runs_leaves_the_others_their_answers():
+    async def main():
+        model = _Model(seconds=0.1)
+        batcher = DynamicBatcher(model, max_batch_size=4, wait_s=0.0)
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.03)  # all three are in the running batch
+        tasks[1].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        return model.batches, done, await batcher.submit(5)
+
+    batches, done, after = asyncio.run(main())
+    assert batches[0] == [0, 1, 2]
+    assert done[0] == 0 and isinstance(done[1], asyncio.CancelledError) and done[2] == 20
+    assert after == 50
+
+
+def test_a_worker_that_ends_fails_every_waiting_request_instead_of_hanging():
+    """``run`` raising ``CancelledError`` (a replica shutting down) ends the worker: its batch and the
+    requests queued behind it are cancelled, not left waiting; the next request starts a new one."""
+    calls = []
+
+    async def run(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            await asyncio.sleep(0.05)
+            raise asyncio.CancelledError
+        return [i * 10 for i in items]
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch_size=1, wait_s=0.0)
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
+        return done, await asyncio.wait_for(batcher.submit(7), 2.0)
+
+    done, after = asyncio.run(main())
+    assert all(isinstance(d, asyncio.CancelledError) for d in done), done
+    assert after == 70
+
+
+def test_the_worker_does_not_carry_the_first_requests_context():
+    """Serve keeps a request's id in a context variable: the shared worker must not log every batch
+    under the request that happened to start it."""
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+    seen = []
+
+    async def run(items):
+        seen.append(request_id.get())
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch_size=1, wait_s=0.0)
+
+        async def as_request(rid, item):
+            request_id.set(rid)
+            return await batcher.submit(item)
+
+        return await asyncio.gather(as_request("req-1", 1), as_request("req-2", 2))
+
+    assert asyncio.run(main()) == [1, 2]
+    assert seen == ["none", "none"]
+
+
 def test_a_failing_batch_fails_its_own_requests_only_and_the_batcher_goes_on():
     async def main():
         model = _Model(seconds=0.02, fail_on=1)
@@ -135,6 +198,22 @@ def test_new_settings_apply_to_the_next_batch():
         return model.batches
 
     assert asyncio.run(main()) == [[0], [1], [2], [0, 1, 2]]
+
+
+def test_a_shorter_wait_applies_from_the_next_batch():
+    async def main():
+        model = _Model(seconds=0.0)
+        batcher = DynamicBatcher(model, max_batch_size=4, wait_s=0.3)
+        start = time.monotonic()
+        await batcher.submit(1)
+        slow = time.monotonic() - start
+        batcher.wait_s = 0.0
+        start = time.monotonic()
+        await batcher.submit(2)
+        return slow, time.monotonic() - start
+
+    slow, fast = asyncio.run(main())
+    assert slow >= 0.3 and fast < 0.2
 
 
 def test_invalid_settings_are_refused():

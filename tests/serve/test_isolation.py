@@ -121,7 +121,7 @@ def test_poisoned_requests_in_a_batch_never_change_the_good_answers(
             responses = list(pool.map(send, mixed))
         after = service.batch_stats(local_stack, batching_service)
     ran = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
-    assert max(ran) > 1, f"the mixed requests were not batched together: {ran}"
+    assert ran and max(ran) >= len(mixed) // 2, f"the mixed requests were not batched together: {ran}"
     together = responses[4 : 4 + len(good)]
     assert [r.status_code for r in together] == [200] * len(good), [r.text for r in together]
     assert [r.json()["text"] for r in together] == [r.json()["text"] for r in alone]

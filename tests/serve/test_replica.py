@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve import replica
+from serve.batcher import DynamicBatcher
 from serve.replica import BatchingConfig, ModelInfo, ModelReplica
 
 
@@ -42,3 +43,11 @@ def test_batching_config_is_the_deployments_user_config():
         BatchingConfig.model_validate({"max_batch_size": 0})
     with pytest.raises(ValidationError):
         BatchingConfig.model_validate({"max_batch_size": 4, "unknown": 1})
+
+
+def test_reconfigure_reaches_the_batcher_and_batch_stats_reports_it(bare_replica):
+    bare_replica.batcher = DynamicBatcher(lambda items: None, max_batch_size=16, wait_s=0.01)
+    bare_replica.reconfigure({"max_batch_size": 4, "batch_wait_timeout_s": 0.2})
+    assert (bare_replica.batcher.max_batch_size, bare_replica.batcher.wait_s) == (4, 0.2)
+    bare_replica.batcher.batch_sizes.update({1: 2, 4: 1})
+    assert bare_replica.batch_stats() == {1: 2, 4: 1}
