@@ -6,28 +6,36 @@
 
 Stages (each a callable class or function, testable with a hand-made dict):
 
-1. **read + untar** (:func:`read_samples`, :func:`group_samples`, ``flat_map``): the shards listed
-   in the split's ``manifest.json`` (all present, checked at start: :func:`check_shards`), read
-   whole (:func:`pipelines.storage.read_bytes`: S3 through the process's shared client, or local), for ``epochs`` passes in one
-   stream. Untar (:func:`untar`) is webdataset's own tar iterator and key grouping, with a handler
-   that counts instead of raising. Why not ``ray.data.read_webdataset``: a truncated tar makes it
-   fail the whole read (checked with Ray 2.60), and the job with it; here the samples before the
-   damage are kept and the damage is counted. A shard that cannot be read (after retries) is
-   skipped and counted.
-2. **preprocess** (:func:`preprocess_batch`, ``map_batches`` as Ray tasks, over :class:`ShardRows`):
+1. **read + untar** (:func:`group_samples`): the shards listed in the split's ``manifest.json`` (all
+   present, checked at start: :func:`check_shards`), a read group's shards fetched at once
+   (:func:`pipelines.storage.read_bytes`: S3 through the process's shared client, or local), for
+   ``epochs`` passes in one stream. Untar (:func:`untar`) is webdataset's own tar iterator and key
+   grouping, with a handler that counts instead of raising. Why not ``ray.data.read_webdataset``: a
+   truncated tar makes it fail the whole read (checked with Ray 2.60), and the job with it; here the
+   samples before the damage are kept and the damage is counted. A shard that cannot be read (after
+   retries) is skipped and counted.
+2. **preprocess** (:func:`preprocess_batch`, over :class:`ShardRows`):
    :func:`pipelines.avfit.sample.decode_sample` (contract check, task mixing before any decoding,
    image/audio decoding and the model's preprocessing and tokenization,
    :class:`meerkat_core.batching.SamplePreprocessor`, the same code Serve runs), then lean rows
-   (:func:`meerkat_core.media.lean_media`). A sample it rejects is skipped and counted under its reason. Tasks, not an actor pool: Ray keeps its worker
-   processes between tasks and :func:`preprocess_batch` keeps one :class:`ShardRows` per
-   process, so the torch + transformers imports and the tokenizer load are paid once per process.
+   (:func:`meerkat_core.media.lean_media`). A sample it rejects is skipped and counted under its
+   reason. :func:`preprocess_batch` keeps one :class:`ShardRows` per worker process (Ray keeps its
+   workers between tasks), so the torch + transformers imports and the tokenizer load are paid
+   once per process.
 3. **collate** (:class:`MeerkatCollate`, in ``iter_torch_batches``): pads the text, stacks the rest,
    and turns the lean media into float32 on the trainer's device (:func:`meerkat_core.media.normalise_media`).
 
-Parallelism follows the cluster: one read task per read group and preprocessing tasks with no
-count (``TaskPoolStrategy()``), so Ray Data runs as many as the cluster's CPUs allow and as many
-more as nodes join; no config holds a cluster-wide number. Read tasks request the memory their
-group needs (:func:`read_memory`), from the manifest's shard sizes.
+The training stream (:func:`build_dataset`) runs 1 and 2 as **one** Ray Data operator: a task per
+read group (:func:`stream_group`, ``map_batches`` with no task count, ``TaskPoolStrategy()``) reads
+the group and yields its lean rows ``preprocess_batch`` at a time. Why one: as two operators, Ray
+Data's per-operator resource reservation held preprocessing to about one task on a two-CPU node
+while the read operator's share sat idle (reading is about 5 % of a sample's CPU), and without the
+reservation the read operator started a worker per read task at once, each importing torch (see
+``tests/benchmarks/test_data_bench.py``). As one, every task is a whole CPU of useful work and Ray
+Data runs as many as the cluster's CPUs allow, and as many more as nodes join; no config holds a
+cluster-wide number. Each task requests the memory its group needs (:func:`read_memory`), from the
+manifest's shard sizes. Evaluation and the cache read raw samples with :func:`read_samples`
+(``flat_map``), for their own preprocessing.
 
 Each rank reads its own share (:func:`rank_groups`): the epoch's shard order is seeded by
 ``(seed, epoch)`` with each source's shards spread evenly through it (:func:`shard_order`), rank
@@ -75,6 +83,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +106,8 @@ logger = logging.getLogger(__name__)
 
 SKIP_COUNTER_NAME = "meerkat-skip-counter"
 READ_ATTEMPTS = 3
+READ_THREADS = 8
+"""Shards of a read group fetched at once."""
 """Tries per shard read before the shard is skipped and counted (a missing shard: one)."""
 ROW_COLUMNS = (
     "pixel_values",
@@ -131,12 +142,12 @@ class DataConfig:
     read-time source and task mixing, and the unit of resumption. Memory per read task grows
     with it (see :func:`read_memory`)."""
     preprocess_tasks: int | None = None
-    """At most this many preprocessing tasks at once; ``None`` (the default, and what every
+    """At most this many stream (read + preprocess) tasks at once; ``None`` (the default, and what every
     config uses): as many as the cluster's free CPUs allow, scaled by Ray Data as nodes come
     and go. A number is for benchmarks and small shared machines only."""
     preprocess_cpus: float = 1.0
-    """Logical CPUs each preprocessing task reserves. Leave room for the read tasks and the
-    training workers: preprocessing that takes every CPU of the cluster starves the reads and stalls."""
+    """Logical CPUs each stream task (read + preprocess a read group) reserves. Leave room for the
+    training workers: a stream that takes every CPU of the cluster stalls them."""
     preprocess_batch: int = 8
     cache: bool = False
     """Preprocess the split once and keep the model rows in Ray's object store for every epoch
@@ -447,8 +458,11 @@ def group_samples(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     uris: list[str] = json.loads(row["uris"])
     epoch, seed = int(row["epoch"]), int(row["seed"])
     samples: list[dict[str, Any]] = []
-    for uri in uris:
-        payload = _read_or_skip(uri)
+    # The group's shards are fetched at once (I/O, threads), so that a task of a whole CPU does
+    # not wait for them one after the other.
+    with ThreadPoolExecutor(max_workers=min(len(uris), READ_THREADS) or 1) as pool:
+        payloads = list(pool.map(_read_or_skip, uris))
+    for uri, payload in zip(uris, payloads, strict=True):
         if payload is not None:
             samples.extend(untar({"bytes": payload, "path": uri, "epoch": epoch}))
     if seed >= 0:
@@ -458,6 +472,28 @@ def group_samples(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         samples = [samples[i] for i in order]
     for index in range(int(row["skip"]), len(samples)):
         yield {**samples[index], "group": int(row["group"]), "index": index}
+
+
+_RAW_COLUMNS = ("__key__", "jpg", "flac", "json")
+
+
+def stream_group(
+    batch: dict[str, np.ndarray], *, chunk: int, **preprocess: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """The stream's one ``map_batches`` task: a read group (one row, see :func:`_group_items`) ->
+    its lean rows, ``chunk`` samples at a time: :func:`group_samples` then :func:`preprocess_batch`
+    (``preprocess``: its keyword arguments). One operator for both: see the module docstring.
+    """
+    row = {name: values[0] for name, values in batch.items()}
+    samples = list(group_samples(row))
+    for start in range(0, len(samples), chunk):
+        part = samples[start : start + chunk]
+        columns = {name: np.array([s[name] for s in part], dtype=object) for name in _RAW_COLUMNS}
+        for name in POSITION_COLUMNS:
+            columns[name] = np.array([s[name] for s in part], dtype=np.int64)
+        out = preprocess_batch(columns, **preprocess)
+        if len(out.get("__key__", ())):
+            yield out
 
 
 def shard_order(uris: list[str], strata: list[str] | None, *, seed: int | None, epoch: int) -> list[str]:
@@ -591,6 +627,33 @@ def read_samples(
     ``position`` (``{"epoch", "group", "index"}``) overrides ``start_epoch``.
     """
     uris = check_shards(uri)
+    ds = ray.data.from_items(
+        (
+            items := _group_items(
+                uris, uri, epochs, start_epoch, shuffle_seed, rank, world, mix_shards, position
+            )
+        ),
+        override_num_blocks=len(items),
+    )
+    # Mostly I/O: a small CPU reservation keeps reads schedulable beside busy workers.
+    ds = ds.flat_map(group_samples, num_cpus=0.25, memory=read_memory(uri, mix_shards))
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def _group_items(
+    uris: list[str],
+    uri: str,
+    epochs: int,
+    start_epoch: int,
+    shuffle_seed: int | None,
+    rank: int,
+    world: int,
+    mix_shards: int,
+    position: Mapping[str, int] | None,
+) -> list[dict[str, Any]]:
+    """One item per read group of ``rank``'s epochs, from ``position`` (or ``start_epoch``) on: the
+    input of :func:`group_samples` and :func:`stream_group`."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 0 <= rank < world or len(uris) < world:
@@ -612,11 +675,7 @@ def read_samples(
             items.append(
                 {"uris": json.dumps(members), "epoch": epoch, "group": g, "skip": skip, "seed": seed}
             )
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Mostly I/O: a small CPU reservation keeps reads schedulable beside busy workers.
-    ds = ds.flat_map(group_samples, num_cpus=0.25, memory=read_memory(uri, mix_shards))
-    ds.context.execution_options.preserve_order = True
-    return ds
+    return items
 
 
 def _keep_probs(cfg: DataConfig, manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, float] | None]:
@@ -741,19 +800,23 @@ def build_dataset(
     """
     _, keep = _keep_probs(cfg, read_manifest(cfg.uri))
     skip_counter()
-    ds = read_samples(
+    uris = check_shards(cfg.uri)
+    items = _group_items(
+        uris,
         cfg.uri,
-        epochs=epochs,
-        start_epoch=start_epoch,
-        shuffle_seed=cfg.seed if shuffle else None,
-        rank=rank,
-        world=world,
-        mix_shards=cfg.mix_shards,
-        position=position,
+        epochs,
+        start_epoch,
+        cfg.seed if shuffle else None,
+        rank,
+        world,
+        cfg.mix_shards,
+        position,
     )
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
-        preprocess_batch,
+        stream_group,
         fn_kwargs={
+            "chunk": cfg.preprocess_batch,
             "model_config": model_config,
             "tokenizer_dir": tokenizer_dir,
             "keep_probs": keep,
@@ -761,9 +824,10 @@ def build_dataset(
             "with_answer": with_answer,
             "keep_meta": keep_meta,
         },
-        batch_size=cfg.preprocess_batch,
+        batch_size=1,
         compute=ray.data.TaskPoolStrategy(size=cfg.preprocess_tasks),
         num_cpus=cfg.preprocess_cpus,
+        memory=read_memory(cfg.uri, cfg.mix_shards),
     )
     ds.context.execution_options.preserve_order = True
     return ds

@@ -134,3 +134,31 @@ def test_read_time_mixing_evens_out_sources(tmp_path):
     # epoch and mix_shards shards interleaved per read task
     print(f"worst 256-window source TVD: before {tvd['before']:.3f}, after {tvd['after']:.3f}")
     assert tvd["after"] < 0.5 * tvd["before"] and tvd["after"] < 0.2
+
+
+def test_one_stream_task_gives_what_read_then_preprocess_give(tmp_path):
+    """``stream_group`` (the stream's one operator) on a read group of two shards: the rows, in
+    order and position, of ``group_samples`` then ``preprocess_batch`` over the same samples."""
+    uri = str(tmp_path / "split")
+    _write(uri, _world(3, seed=2), max_count=5)
+    uris = shards.shard_uris(uri)[:2]
+    item = {"uris": json.dumps(uris), "epoch": 1, "group": 0, "skip": 2, "seed": 7}
+    kwargs = {"model_config": TINY, "tokenizer_dir": None, "keep_probs": {"arig": 1.0, "avfact": 0.5}}
+    got = list(data.stream_group({k: np.array([v]) for k, v in item.items()}, chunk=3, **kwargs))
+
+    samples = list(data.group_samples(item))
+    assert len(samples) == 10 - 2  # two shards of five, from the third sample on
+    want = data.preprocess_batch(
+        {
+            **{
+                c: np.array([s[c] for s in samples], dtype=object) for c in ("__key__", "jpg", "flac", "json")
+            },
+            **{c: np.array([s[c] for s in samples]) for c in data.POSITION_COLUMNS},
+        },
+        **kwargs,
+    )
+    assert all(len(b["__key__"]) <= 3 for b in got)
+    for column in ("__key__", "task", "epoch", "group", "index"):
+        assert [v for b in got for v in b[column]] == list(want[column]), column
+    np.testing.assert_array_equal(np.concatenate([b["pixel_values"] for b in got]), want["pixel_values"])
+    assert set(want["task"]) <= {"arig", "avfact"} and len(want["__key__"]) > 0
