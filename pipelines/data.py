@@ -148,7 +148,10 @@ class DataConfig:
     preprocess_cpus: float = 1.0
     """Logical CPUs each stream task (read + preprocess a read group) reserves. Leave room for the
     training workers: a stream that takes every CPU of the cluster stalls them."""
-    preprocess_batch: int = 8
+    preprocess_batch: int = 32
+    """Rows a stream task preprocesses and hands on at a time (one Ray Data block). Larger blocks
+    cost Ray less per row (32 streamed about 4 % faster than 8 on two cores); smaller ones reach
+    the trainer sooner after a start."""
     cache: bool = False
     """Preprocess the split once and keep the model rows in Ray's object store for every epoch
     (:func:`build_cached_epochs`): for splits that fit in it (:func:`row_bytes` a sample), where
