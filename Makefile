@@ -45,9 +45,10 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# `make demo DEMO_ARGS="train_steps=1800 retrain=true"`: the longer schedule (see the README).
 demo: $(STAMP)
 	$(PY) -m pipelines.quickstart
-	$(PY) -m infra.demo dir=.local-stack
+	$(PY) -m infra.demo dir=.local-stack $(DEMO_ARGS)
 
 demo-down: $(STAMP)
 	$(PY) -m infra.local.stack down --dir .local-stack
