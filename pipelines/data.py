@@ -29,9 +29,10 @@ The training stream (:func:`build_dataset`) runs 1 and 2 as **one** Ray Data ope
 read group (:func:`stream_group`, ``map_batches`` with no task count, ``TaskPoolStrategy()``) reads
 the group and yields its lean rows ``preprocess_batch`` at a time. Why one: as two operators, Ray
 Data's per-operator resource reservation held preprocessing to about one task on a two-CPU node
+(1.1 tasks busy on average, measured with per-task timestamps on the data benchmark's shards)
 while the read operator's share sat idle (reading is about 5 % of a sample's CPU), and without the
-reservation the read operator started a worker per read task at once, each importing torch (see
-``tests/benchmarks/test_data_bench.py``). As one, every task is a whole CPU of useful work and Ray
+reservation the read operator started a worker per read task at once, each importing torch (the
+first read 28 s after the call). As one, every task is a whole CPU of useful work and Ray
 Data runs as many as the cluster's CPUs allow, and as many more as nodes join; no config holds a
 cluster-wide number. Each task requests the memory its group needs (:func:`read_memory`), from the
 manifest's shard sizes. Evaluation and the cache read raw samples with :func:`read_samples`
@@ -106,9 +107,9 @@ logger = logging.getLogger(__name__)
 
 SKIP_COUNTER_NAME = "meerkat-skip-counter"
 READ_ATTEMPTS = 3
+"""Tries per shard read before the shard is skipped and counted (a missing shard: one)."""
 READ_THREADS = 8
 """Shards of a read group fetched at once."""
-"""Tries per shard read before the shard is skipped and counted (a missing shard: one)."""
 ROW_COLUMNS = (
     "pixel_values",
     "audio_features",
@@ -138,8 +139,8 @@ class DataConfig:
     """Samples in each worker's local shuffle buffer on the cached path (0: none). The streaming
     path shuffles inside each read group instead (``mix_shards``), which keeps resumption exact."""
     mix_shards: int = 8
-    """Shards one read task reads and interleaves (a seeded permutation of their samples): the
-    read-time source and task mixing, and the unit of resumption. Memory per read task grows
+    """Shards one stream task reads and interleaves (a seeded permutation of their samples): the
+    read-time source and task mixing, and the unit of resumption. Memory per task grows
     with it (see :func:`read_memory`)."""
     preprocess_tasks: int | None = None
     """At most this many stream (read + preprocess) tasks at once; ``None`` (the default, and what every
@@ -149,9 +150,9 @@ class DataConfig:
     """Logical CPUs each stream task (read + preprocess a read group) reserves. Leave room for the
     training workers: a stream that takes every CPU of the cluster stalls them."""
     preprocess_batch: int = 32
-    """Rows a stream task preprocesses and hands on at a time (one Ray Data block). Larger blocks
-    cost Ray less per row (32 streamed about 4 % faster than 8 on two cores); smaller ones reach
-    the trainer sooner after a start."""
+    """Rows a stream task preprocesses per call and hands on as one Ray Data block (the stream sets
+    Ray Data's target block size to this many lean rows, so a task's first rows leave it before
+    its whole group is done). 32 streamed about 4 % faster than 8 on two cores."""
     cache: bool = False
     """Preprocess the split once and keep the model rows in Ray's object store for every epoch
     (:func:`build_cached_epochs`): for splits that fit in it (:func:`row_bytes` a sample), where
@@ -163,6 +164,8 @@ class DataConfig:
             raise ValueError("task weights must be >= 0")
         if self.mix_shards < 1:
             raise ValueError(f"data.mix_shards must be >= 1, got {self.mix_shards}")
+        if self.preprocess_batch < 1:
+            raise ValueError(f"data.preprocess_batch must be >= 1, got {self.preprocess_batch}")
 
 
 @ray.remote(num_cpus=0)
@@ -413,7 +416,7 @@ class MeerkatCollate(NumpyBatchCollateFn):
 POSITION_COLUMNS = ("epoch", "group", "index")
 """Where a row is in its rank's stream: epoch, read group of the rank's epoch, index in the group."""
 READ_MEMORY_FACTOR = 3
-"""A read task holds a group's payloads, their untarred members and its output block: about three
+"""A stream task holds a group's payloads, their untarred members and its output block: about three
 times the group's bytes (see :func:`read_memory`)."""
 READ_PROCESS_MEMORY = 400 * 1024**2
 """What a read worker process holds before any shard (this module imports torch through
@@ -463,6 +466,8 @@ def group_samples(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     samples: list[dict[str, Any]] = []
     # The group's shards are fetched at once (I/O, threads), so that a task of a whole CPU does
     # not wait for them one after the other.
+    if any(u.startswith("s3://") for u in uris):
+        storage.s3_client()  # made once here, not by each thread at once (its cache has no lock)
     with ThreadPoolExecutor(max_workers=min(len(uris), READ_THREADS) or 1) as pool:
         payloads = list(pool.map(_read_or_skip, uris))
     for uri, payload in zip(uris, payloads, strict=True):
@@ -487,6 +492,8 @@ def stream_group(
     its lean rows, ``chunk`` samples at a time: :func:`group_samples` then :func:`preprocess_batch`
     (``preprocess``: its keyword arguments). One operator for both: see the module docstring.
     """
+    if len(batch["uris"]) != 1:
+        raise ValueError(f"stream_group takes one read group per call, got {len(batch['uris'])}")
     row = {name: values[0] for name, values in batch.items()}
     samples = list(group_samples(row))
     for start in range(0, len(samples), chunk):
@@ -555,7 +562,8 @@ def raw_stream(
     stratify: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """``rank``'s samples of ``epoch`` in stream order, metadata only, in this process (no Ray, no
-    decoding): what :func:`read_samples` feeds preprocessing, for measuring the stream's mix.
+    decoding): what a stream task reads (:func:`group_samples`) before preprocessing, for
+    measuring the stream's mix.
     ``stratify=False``: shards in a plain seeded shuffle, the reference the stratified order is
     measured against."""
     groups = rank_groups(
@@ -586,7 +594,7 @@ def stream_position(batch: Mapping[str, Any]) -> dict[str, int]:
 
 
 def read_memory(uri: str, mix_shards: int) -> int:
-    """Memory a read task requests: :data:`READ_PROCESS_MEMORY` + :data:`READ_MEMORY_FACTOR` x its
+    """Memory a stream task requests: :data:`READ_PROCESS_MEMORY` + :data:`READ_MEMORY_FACTOR` x its
     group's largest shards."""
     sizes = sorted((s["bytes"] for s in read_manifest(uri)["shards"]), reverse=True)
     return int(READ_PROCESS_MEMORY + READ_MEMORY_FACTOR * sum(sizes[:mix_shards]))
@@ -832,5 +840,9 @@ def build_dataset(
         num_cpus=cfg.preprocess_cpus,
         memory=read_memory(cfg.uri, cfg.mix_shards),
     )
+    # Ray Data merges what a task yields into blocks of up to target_max_block_size (128 MiB) and
+    # hands a block on only when it is full or the task ends: sized to one yield, the first rows
+    # of a group reach the trainer while the rest of the group is preprocessed.
+    ds.context.target_max_block_size = cfg.preprocess_batch * row_bytes(model_config)
     ds.context.execution_options.preserve_order = True
     return ds

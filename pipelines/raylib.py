@@ -20,7 +20,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address="auto", log_to_driver=True)
         logger.info("joined the Ray cluster at %s", ray.get_runtime_context().gcs_address)
     except (ConnectionError, RuntimeError):
-        # Logical CPUs above the physical count: training workers, data actors and read tasks each
+        # Logical CPUs above the physical count: training workers, data actors and stream tasks each
         # reserve one, and on a 2-core laptop they would otherwise wait on each other forever.
         ray.init(
             num_cpus=num_cpus or max(6, os.cpu_count() or 1),

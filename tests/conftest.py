@@ -69,7 +69,7 @@ def ray_local(s3_server):
         mp.delenv("RAY_ADDRESS", raising=False)
         context = ray.init(
             address="local",
-            num_cpus=6,  # logical: training workers, data actors and read tasks each reserve one
+            num_cpus=6,  # logical: training workers, data actors and stream tasks each reserve one
             include_dashboard=False,
             object_store_memory=256 * 1024 * 1024,
             log_to_driver=False,

@@ -99,7 +99,7 @@ class StackConfig:
             dashboard_port=port("DASHBOARD", cls.dashboard_port),
             ray_client_port=port("RAY_CLIENT", cls.ray_client_port),
             dashboard_agent_port=port("DASHBOARD_AGENT", cls.dashboard_agent_port),
-            # logical CPUs: 2 training workers + data actors + read tasks must fit at once
+            # logical CPUs: 2 training workers + data actors + stream tasks must fit at once
             num_cpus=int(env.get("MEERKAT_STACK_NUM_CPUS", max(6, os.cpu_count() or 1))),
             mlflow_artifacts=env.get("MEERKAT_STACK_MLFLOW_ARTIFACTS") or None,
         )

@@ -162,3 +162,6 @@ def test_one_stream_task_gives_what_read_then_preprocess_give(tmp_path):
         assert [v for b in got for v in b[column]] == list(want[column]), column
     np.testing.assert_array_equal(np.concatenate([b["pixel_values"] for b in got]), want["pixel_values"])
     assert set(want["task"]) <= {"arig", "avfact"} and len(want["__key__"]) > 0
+    # a group whose every sample task mixing drops yields no batch (not an empty one)
+    none = {**kwargs, "keep_probs": {"no-such-task": 1.0}}
+    assert list(data.stream_group({k: np.array([v]) for k, v in item.items()}, chunk=3, **none)) == []
