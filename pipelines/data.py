@@ -775,6 +775,24 @@ def cached_batches(
             pending = [rest] if have else []
 
 
+BLOCK_FILL = 0.75
+"""A stream block's byte target as a share of one full yield's estimated bytes (see
+:func:`yield_block_bytes`)."""
+
+
+def yield_block_bytes(chunk: int, model_config: ModelConfig) -> int:
+    """Ray Data's ``target_max_block_size`` for the stream: one block per full yield of ``chunk`` rows.
+
+    Ray Data (2.60) buffers what a task yields and hands a block on only once the buffer's size is
+    *above* the target (or the task ends), and slices a block of 1.5 x the target or more. Sized
+    at exactly ``chunk`` x :func:`row_bytes` (an upper estimate: text at its budget), a real
+    yield stayed just under it and every block waited for the next yield, so a group's first rows
+    left its task one chunk late. At :data:`BLOCK_FILL` of it, a full yield (at least 0.75 and at
+    most 1 of the estimate) is emitted as it comes, whole; a thinned one waits for the next.
+    """
+    return int(BLOCK_FILL * chunk * row_bytes(model_config))
+
+
 def samples_per_epoch(cfg: DataConfig) -> float:
     """How many samples one epoch of the split yields after task mixing (in expectation)."""
     task_counts, keep = _keep_probs(cfg, read_manifest(cfg.uri))
@@ -835,9 +853,6 @@ def build_dataset(
         num_cpus=cfg.preprocess_cpus,
         memory=read_memory(cfg.uri, cfg.mix_shards),
     )
-    # Ray Data merges what a task yields into blocks of up to target_max_block_size (128 MiB) and
-    # hands a block on only when it is full or the task ends: sized to one yield, the first rows
-    # of a group reach the trainer while the rest of the group is preprocessed.
-    ds.context.target_max_block_size = cfg.preprocess_batch * row_bytes(model_config)
+    ds.context.target_max_block_size = yield_block_bytes(cfg.preprocess_batch, model_config)
     ds.context.execution_options.preserve_order = True
     return ds

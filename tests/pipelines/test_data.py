@@ -221,3 +221,15 @@ def test_faults_are_skipped_and_counted(ray_local, s3_uri):
     assert untouched <= set(rows), "every sample outside the damage is read"
     assert not set(bad.values()) & set(rows)
     assert len(in_damaged & set(rows)) < 5
+
+
+def test_stream_hands_on_each_full_yield_as_its_own_block(ray_local, tmp_path):
+    """A stream task's rows leave it one yield (``preprocess_batch`` rows) at a time: blocks of
+    exactly one chunk, not two (Ray Data emits a block only once its buffer is above the target)."""
+    uri = str(tmp_path / "split")
+    samples = _world(6)
+    _write_split(uri, samples, max_count=len(samples))  # one shard: one read group
+    cfg = data.DataConfig(uri=uri, preprocess_batch=4, mix_shards=1)
+    sizes = [len(b["__key__"]) for b in data.build_dataset(cfg, TINY, None).iter_batches(batch_size=None)]
+    assert sum(sizes) == len(samples) > 8
+    assert sizes[:-1] == [4] * (len(sizes) - 1) and 0 < sizes[-1] <= 4, sizes
