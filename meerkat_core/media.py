@@ -69,7 +69,6 @@ import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
-from scipy.signal import resample_poly
 from transformers import ClapFeatureExtractor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -156,6 +155,10 @@ def _resample(wave: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """[T] at ``sr`` -> [T * target_sr / sr] at ``target_sr`` (polyphase, exact rational ratio)."""
     if sr == target_sr:
         return wave
+    # Imported here: scipy.signal adds 0.6 s to every process that imports this module (each
+    # data-stream worker, each Serve replica), and recordings at the model's rate never need it.
+    from scipy.signal import resample_poly
+
     g = math.gcd(sr, target_sr)
     return resample_poly(wave, target_sr // g, sr // g)
 
