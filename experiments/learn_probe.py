@@ -229,12 +229,14 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         map_iou.append(grounding.box_iou(mbox, objs[s_idx]["box"]))
     correct, verdicts = 0, 0
     by_type: dict[int, list[bool]] = {}
+    by_type_label: dict[str, list[bool]] = {}  # "type/label" -> correct: a bias towards one verdict
     for r, text in res["avfact"]:
         v = prompts.parse_verdict(text)
         verdicts += v is not None
         ok = v is not None and v == bool(r["meta"]["label"])
         correct += ok
         by_type.setdefault(int(r["meta"]["fact_type"]), []).append(ok)
+        by_type_label.setdefault(f'{r["meta"]["fact_type"]}/{bool(r["meta"]["label"])}', []).append(ok)
     n_a, n_f = len(res["arig"]), len(res["avfact"])
     # Fact-check Type 4 (is the sound's source in the picture?): the area of the box AVACE's map
     # implies and the map's mean level, for paired audio (True) and a class not in the picture (False).
@@ -263,6 +265,7 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         "avfact_parse": verdicts / max(n_f, 1),
         "t4_map_area_mean_true_false": t4_stats,
         "avfact_by_type": {t: round(float(np.mean(v)), 3) for t, v in sorted(by_type.items())},
+        "avfact_by_type_label": {t: round(float(np.mean(v)), 3) for t, v in sorted(by_type_label.items())},
         "avfact_true_rate": float(np.mean([prompts.parse_verdict(t) is True for _, t in res["avfact"]]))
         if res["avfact"]
         else float("nan"),
