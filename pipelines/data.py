@@ -150,10 +150,10 @@ class DataConfig:
     """Logical CPUs each stream task (read + preprocess a read group) reserves. Leave room for the
     training workers: a stream that takes every CPU of the cluster stalls them."""
     preprocess_batch: int = 32
-    """Rows a stream task preprocesses per call and hands on as one Ray Data block (the stream sets
-    Ray Data's target block size to this many lean rows, so a task's first rows leave it before
-    its whole group is done). 32 against 8: 65-66 against 63 samples/s in one pair of probes on
-    two cores, within that machine's run-to-run spread."""
+    """Rows a stream task preprocesses per call and hands on as one Ray Data block
+    (:func:`yield_block_bytes`), so a task's first rows leave it before its whole group is done.
+    32 against 8: 65-66 against 63 samples/s in one pair of probes on two cores, within that
+    machine's run-to-run spread."""
     cache: bool = False
     """Preprocess the split once and keep the model rows in Ray's object store for every epoch
     (:func:`build_cached_epochs`): for splits that fit in it (:func:`row_bytes` a sample), where
