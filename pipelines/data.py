@@ -490,21 +490,44 @@ def stream_group(
     batch: dict[str, np.ndarray], *, chunk: int, **preprocess: Any
 ) -> Iterator[dict[str, np.ndarray]]:
     """The stream's one ``map_batches`` task: a read group (one row, see :func:`_group_items`) ->
-    its lean rows, ``chunk`` samples at a time: :func:`group_samples` then :func:`preprocess_batch`
-    (``preprocess``: its keyword arguments). One operator for both: see the module docstring.
+    its lean rows, ``chunk`` rows a yield: :func:`group_samples` then :func:`preprocess_batch`
+    (``preprocess``: its keyword arguments) ``chunk`` samples at a time. One operator for both:
+    see the module docstring.
+
+    Every yield but the group's last holds exactly ``chunk`` rows: what task mixing or a bad
+    sample drops from one call is made up from the next, so each yield is one Ray Data block
+    (:func:`yield_block_bytes`) and none waits in Ray's buffer for the next.
     """
     if len(batch["uris"]) != 1:
         raise ValueError(f"stream_group takes one read group per call, got {len(batch['uris'])}")
     row = {name: values[0] for name, values in batch.items()}
     samples = list(group_samples(row))
+    pending: list[dict[str, np.ndarray]] = []
+    have = 0
     for start in range(0, len(samples), chunk):
         part = samples[start : start + chunk]
         columns = {name: np.array([s[name] for s in part], dtype=object) for name in _RAW_COLUMNS}
         for name in POSITION_COLUMNS:
             columns[name] = np.array([s[name] for s in part], dtype=np.int64)
         out = preprocess_batch(columns, **preprocess)
-        if len(out.get("__key__", ())):
-            yield out
+        if not len(out.get("__key__", ())):
+            continue
+        pending.append(out)
+        have += len(out["__key__"])
+        while have >= chunk:
+            rows = _concat(pending)
+            yield {name: values[:chunk] for name, values in rows.items()}
+            have -= chunk
+            pending = [{name: values[chunk:] for name, values in rows.items()}] if have else []
+    if have:
+        yield _concat(pending)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Column batches -> one (row order kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def shard_order(uris: list[str], strata: list[str] | None, *, seed: int | None, epoch: int) -> list[str]:
@@ -781,14 +804,16 @@ BLOCK_FILL = 0.75
 
 
 def yield_block_bytes(chunk: int, model_config: ModelConfig) -> int:
-    """Ray Data's ``target_max_block_size`` for the stream: one block per full yield of ``chunk`` rows.
+    """Ray Data's ``target_max_block_size`` for the stream: one block per yield of ``chunk`` rows.
 
     Ray Data (2.60) buffers what a task yields and hands a block on only once the buffer's size is
     *above* the target (or the task ends), and slices a block of 1.5 x the target or more. Sized
-    at exactly ``chunk`` x :func:`row_bytes` (an upper estimate: text at its budget), a real
-    yield stayed just under it and every block waited for the next yield, so a group's first rows
-    left its task one chunk late. At :data:`BLOCK_FILL` of it, a full yield (at least 0.75 and at
-    most 1 of the estimate) is emitted as it comes, whole; a thinned one waits for the next.
+    at exactly ``chunk`` x :func:`row_bytes`, a real yield (short text: a few KB under the
+    estimate) stayed just under it and every block waited for the next yield, so a group's first
+    rows left its task one chunk late. At :data:`BLOCK_FILL` of it, a yield of ``chunk`` rows
+    (:func:`stream_group` yields nothing shorter but a group's last) is emitted as it comes, and
+    is sliced only if its rows are 1.125 x :func:`row_bytes` or more (the media, which fill
+    :func:`row_bytes` but for a few KB, are fixed by the model's config).
     """
     return int(BLOCK_FILL * chunk * row_bytes(model_config))
 

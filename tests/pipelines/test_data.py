@@ -223,9 +223,11 @@ def test_faults_are_skipped_and_counted(ray_local, s3_uri):
     assert len(in_damaged & set(rows)) < 5
 
 
-def test_stream_hands_on_each_full_yield_as_its_own_block(ray_local, tmp_path):
-    """A stream task's rows leave it one yield (``preprocess_batch`` rows) at a time: blocks of
-    exactly one chunk, not two (Ray Data emits a block only once its buffer is above the target)."""
+def test_stream_hands_on_each_yield_as_its_own_block(ray_local, tmp_path):
+    """A stream task's rows leave it ``preprocess_batch`` at a time, each yield its own block: Ray
+    Data emits a block only once its buffer is above the target, so with the target at a chunk's
+    estimated bytes a yield (a little under the estimate) waited for the next (blocks of 5/5/6
+    rows here). Yields of whole chunks under mixing: ``test_data_scale``."""
     uri = str(tmp_path / "split")
     samples = _world(6)
     _write_split(uri, samples, max_count=len(samples))  # one shard: one read group

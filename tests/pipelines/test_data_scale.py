@@ -157,7 +157,11 @@ def test_one_stream_task_gives_what_read_then_preprocess_give(tmp_path):
         },
         **kwargs,
     )
-    assert all(len(b["__key__"]) <= 3 for b in got)
+    # every yield a whole chunk (one Ray Data block each) but the last: what mixing drops from
+    # one call is made up from the next
+    sizes = [len(b["__key__"]) for b in got]
+    assert sizes[:-1] == [3] * (len(sizes) - 1) and 0 < sizes[-1] <= 3, sizes
+    assert len(want["__key__"]) < len(samples)  # mixing dropped some
     for column in ("__key__", "task", "epoch", "group", "index"):
         assert [v for b in got for v in b[column]] == list(want[column]), column
     np.testing.assert_array_equal(np.concatenate([b["pixel_values"] for b in got]), want["pixel_values"])
