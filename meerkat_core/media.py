@@ -155,8 +155,9 @@ def _resample(wave: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """[T] at ``sr`` -> [T * target_sr / sr] at ``target_sr`` (polyphase, exact rational ratio)."""
     if sr == target_sr:
         return wave
-    # Imported here: scipy.signal adds 0.6 s to every process that imports this module (each
-    # data-stream worker, each Serve replica), and recordings at the model's rate never need it.
+    # Imported here, on the first recording that needs it: scipy.signal adds 0.6 s to the start
+    # of every process that imports this module (each data-stream worker, each Serve replica),
+    # and recordings already at the model's rate (the procedural world's) never need it.
     from scipy.signal import resample_poly
 
     g = math.gcd(sr, target_sr)

@@ -7,17 +7,22 @@ One run, the same local shards (the procedural world, easy preset, tiny preset's
 
 * single process: a plain loop read -> untar -> decode -> preprocess -> lean rows -> collate (the
   stage code, no Ray), timed per step, once before the Ray Data stream and once after (the rate
-  is the two together: this machine's speed drifts over minutes): the per-core rate the README's
-  capacity model starts from;
-* ceiling: that rate x the cores Ray Data may use (the cluster's CPUs, at most the machine's cores);
-  beside it, the plain loop run in that many processes at once (no Ray), which says how much of
-  the gap to the ceiling is the machine's cores not adding up and how much is Ray Data's;
+  is the two together: this machine's speed drifts over minutes). With collate, the per-core
+  rate the README's capacity model starts from; without it (the stream's stages: collate runs
+  in the trainer), the rate of the ceiling;
+* ceiling: that rate x the cores Ray Data may use (the cluster's CPUs, at most the machine's
+  cores); beside it, right after the stream, the plain loop in that many processes at once (no
+  Ray, started together), which says how much of the gap to the ceiling is the machine's cores
+  not adding up;
 * Ray Data: ``build_dataset(epochs=EPOCHS)`` (rank 0 of 1, all epochs one stream, as training
   asks for them), iterated to the end: start-up (the call to the first batch), end to end (from
-  the call) and steady (from the first batch on), and Ray Data's CPU time per row by operator;
-* resume: ``build_dataset(position=...)`` at the second sample and at the last group of the epoch,
-  time to the first batch (the stream does not read what lies before the position), each started
-  on an idle cluster (the previous, abandoned stream's tasks finished).
+  the call) and steady (from the first batch on); Ray Data's CPU time per row by operator, the
+  share of the cores its tasks spent producing blocks, and every process's CPU over the stream
+  (processes that exited during it are not counted);
+* resume: ``build_dataset(position=...)`` at the second sample of the epoch's first shard and
+  at the sixth of its last (groups of one shard here, so that the two differ by the epoch's
+  length), time to the first batch (the stream does not read what lies before the position);
+  each stream is read to its end and the next starts on an idle cluster.
 
 The Ray instance is this test's own, shaped like a node: one logical CPU per core and a 2 GiB
 object store. The test suite's shared instance (6 logical CPUs on this machine's cores, a 256 MiB
@@ -30,6 +35,7 @@ The only assertions are that each path yields every sample and that lean rows ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -37,6 +43,7 @@ import re
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 import psutil
@@ -55,9 +62,9 @@ from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 pytestmark = pytest.mark.bench
 TINY = PRESETS["tiny"]
 EPOCHS = 36
-"""Passes over the shards in the Ray Data stream: 12,960 samples, about 2.5 minutes on two cores.
+"""Passes over the shards in the Ray Data stream: 12,960 samples, 2.2-2.6 minutes on two cores.
 End to end is the steady rate less the start-up (the first task's worker importing torch and
-transformers, Ray Data starting its own actors: 6-9 s on two cores) spread over the stream:
+transformers, Ray Data starting its own actors: 5.6-7.3 s on two cores) spread over the stream:
 ``steady x T / (T + start-up)``. A training stream runs for hours, where the start-up is nothing;
 at 8 epochs (40 s) it took a fifth of end to end, at this length a twentieth, and the benchmark
 prints it on its own."""
@@ -163,12 +170,28 @@ def _plain_loop(uris: list[str]) -> tuple[int, float, dict[str, float], int, int
     return n, total, dict(spent), fat, lean
 
 
+def _stream_seconds(total: float, spent: dict[str, float]) -> float:
+    """The plain loop's seconds on the stream's stages (all but the trainer's collate)."""
+    return total - spent["transfer(collate)"]
+
+
+_START: Any = None
+"""The barrier the parallel plain loops start behind (set in each of their processes)."""
+
+
+def _set_start(barrier: Any) -> None:
+    global _START
+    _START = barrier
+
+
 def _plain_rate(uris: list[str]) -> float:
-    """One process's plain-loop rate (samples/s) over the shards, twice through them."""
+    """One process's plain-loop rate (samples/s, the stream's stages) over the shards, twice
+    through them, started when every process of the pool is ready (imports done)."""
+    _START.wait()
     n, secs = 0, 0.0
     for _ in range(2):
-        got, spent, *_ = _single_process(uris)
-        n, secs = n + got, secs + spent
+        got, total, spent, *_ = _single_process(uris)
+        n, secs = n + got, secs + _stream_seconds(total, spent)
     return n / secs
 
 
@@ -177,13 +200,15 @@ def _parallel_plain(uris: list[str], processes: int) -> float:
     the cores give together when every one of them decodes, with whatever they share (caches,
     memory bandwidth, the host's scheduling of a VM's cores): the ceiling's "x cores" measured."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool:
+    start = ctx.Barrier(processes)
+    with ProcessPoolExecutor(
+        max_workers=processes, mp_context=ctx, initializer=_set_start, initargs=(start,)
+    ) as pool:
         return sum(pool.map(_plain_rate, [uris] * processes))
 
 
 def _idle(timeout_s: float = 60.0) -> None:
-    """Wait until no task holds a CPU: an abandoned stream's tasks run to their end, and a restart
-    starts on an idle cluster, not beside the stream it replaces."""
+    """Wait until no task holds a CPU, so that a start is measured on an idle cluster."""
     deadline = time.monotonic() + timeout_s
     while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0):
         if time.monotonic() > deadline:
@@ -209,8 +234,8 @@ def _first_batch_s(cfg: data.DataConfig, position: dict[str, int]) -> float:
 
 
 def _process_cpu_s() -> dict[int, tuple[str, float]]:
-    """``pid -> (title, CPU seconds)`` of every process: Ray's workers by their title
-    (``ray::MapBatches(stream_group)``, ``ray::IDLE``), this process as ``driver``, others by name."""
+    """``pid -> (title, CPU seconds)`` of every process: Ray's task workers as one, its actors by
+    their title (``ray::_StatsActor``), this process as ``driver``, others by name."""
     out = {}
     for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         info = proc.info
@@ -218,6 +243,8 @@ def _process_cpu_s() -> dict[int, tuple[str, float]]:
             continue
         cmd = info["cmdline"] or []
         title = cmd[0] if cmd and cmd[0].startswith("ray::") else (info["name"] or "?")
+        if title == "ray::IDLE" or title.startswith("ray::MapBatches"):
+            title = "Ray task workers (the stream's tasks)"  # a worker is IDLE again after its task
         if proc.pid == os.getpid():
             title = "driver (Ray Data executor + iter_batches)"
         out[proc.pid] = (title[:50], info["cpu_times"].user + info["cpu_times"].system)
@@ -269,32 +296,34 @@ def test_stream_throughput(ray_node, shard_dir):
             first_at, first_n = time.perf_counter(), got
     end = time.perf_counter()
     by_process = _cpu_by_title(procs, _process_cpu_s())
-    after, after_s, _, _, _ = _single_process(uris)
-    rate_before, rate_after = single / single_s, after / after_s
-    rate = (single + after) / (single_s + after_s)
-    ceiling = rate * cores
     parallel = _parallel_plain(uris, cores)
+    after, after_s, spent_after, _, _ = _single_process(uris)
+    r = (single + after) / (single_s + after_s)  # every stage: the capacity model's per-core rate
+    stages_s = _stream_seconds(single_s, spent) + _stream_seconds(after_s, spent_after)
+    rate_before = single / _stream_seconds(single_s, spent)
+    rate_after = after / _stream_seconds(after_s, spent_after)
+    rate = (single + after) / stages_s
+    ceiling = rate * cores
     stats = ds.stats()
     operators = {k: 1e3 * v / got for k, v in _operator_totals(stats, "cpu").items()}
     task_wall = sum(_operator_totals(stats, "wall").values())
     end_to_end = got / (end - t)
     steady = (got - first_n) / max(end - first_at, 1e-9)
 
-    groups = data.rank_groups(
-        uris, seed=cfg.seed, epoch=0, group=cfg.mix_shards, strata=data._strata(shard_dir)
-    )
+    resume = dataclasses.replace(cfg, mix_shards=1)
+    groups = data.rank_groups(uris, seed=cfg.seed, epoch=0, group=1, strata=data._strata(shard_dir))
     early_at, late_at = (
         {"epoch": 0, "group": 0, "index": 1},
         {"epoch": 0, "group": len(groups) - 1, "index": 5},
     )
     # alternated, best of three each
-    times = [(_first_batch_s(cfg, early_at), _first_batch_s(cfg, late_at)) for _ in range(3)]
+    times = [(_first_batch_s(resume, early_at), _first_batch_s(resume, late_at)) for _ in range(3)]
     early, late = min(t[0] for t in times), min(t[1] for t in times)
 
     print(f"\n{n} samples in {len(uris)} shards; Ray Data may use {cores} cores")
     print(
-        f"single process: {rate:.1f} samples/s ({rate_before:.1f} before the stream, "
-        f"{rate_after:.1f} after); per sample (ms, before):"
+        f"single process, the stream's stages: {rate:.1f} samples/s ({rate_before:.1f} before the "
+        f"stream, {rate_after:.1f} after); with the trainer's collate r = {r:.1f}; per sample (ms, before):"
     )
     for step, secs in spent.items():
         print(f"  {step:18s} {1e3 * secs / single:7.2f}")
@@ -312,7 +341,7 @@ def test_stream_throughput(ray_node, shard_dir):
         + ", ".join(f"{k} {v:.2f}" for k, v in operators.items())
     )
     print(
-        f"stream tasks running (their wall time / ({cores} cores x end to end)): "
+        f"stream tasks producing blocks (Ray Data's remote wall time / ({cores} cores x end to end)): "
         f"{task_wall / (cores * (end - t)):.2f}"
     )
     print(
@@ -327,7 +356,7 @@ def test_stream_throughput(ray_node, shard_dir):
         f"row media bytes: float32 {fat}, lean {lean} (x{lean / fat:.3f}); lean row, all columns {np.mean(row_bytes):.0f}"
     )
     print(f"resume -> first batch: early {early:.2f} s, late {late:.2f} s (late/early x{late / early:.2f})")
-    assert single == n and got == n * EPOCHS and lean < fat
+    assert single == n == after and got == n * EPOCHS and lean < fat
     print(
         f"bench: data ray_vs_ceiling={steady / ceiling:.2f} end_to_end={end_to_end / ceiling:.2f} "
         f"bytes_per_row={np.mean(row_bytes):.0f}"
