@@ -21,8 +21,10 @@ One run, the same local shards (the procedural world, easy preset, tiny preset's
   (processes that exited during it are not counted);
 * resume: ``build_dataset(position=...)`` at the second sample of the epoch's first shard and
   at the sixth of its last (groups of one shard here, so that the two differ by the epoch's
-  length), time to the first batch (the stream does not read what lies before the position);
-  each stream is read to its end and the next starts on an idle cluster.
+  length), time to the first batch (the stream does not read what lies before the position;
+  the late start's first batch is its group's last 25 rows, handed on at the group's end, so
+  it can come sooner than the early one's first 32); each stream is read to its end and the
+  next starts on an idle cluster.
 
 The Ray instance is this test's own, shaped like a node: one logical CPU per core and a 2 GiB
 object store. The test suite's shared instance (6 logical CPUs on this machine's cores, a 256 MiB
