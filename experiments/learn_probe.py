@@ -236,7 +236,7 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         ok = v is not None and v == bool(r["meta"]["label"])
         correct += ok
         by_type.setdefault(int(r["meta"]["fact_type"]), []).append(ok)
-        by_type_label.setdefault(f'{r["meta"]["fact_type"]}/{bool(r["meta"]["label"])}', []).append(ok)
+        by_type_label.setdefault(f"{r['meta']['fact_type']}/{bool(r['meta']['label'])}", []).append(ok)
     n_a, n_f = len(res["arig"]), len(res["avfact"])
     # Fact-check Type 4 (is the sound's source in the picture?): the area of the box AVACE's map
     # implies and the map's mean level, for paired audio (True) and a class not in the picture (False).
