@@ -45,7 +45,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# `make demo DEMO_ARGS="train_steps=1800 retrain=true"` (or 2700): the longer schedules (see the README).
+# `make demo DEMO_ARGS="train_steps=2700 scenes=1000 retrain=true"`: the longer schedule that meets every goal (see the README).
 demo: $(STAMP)
 	$(PY) -m pipelines.quickstart
 	$(PY) -m infra.demo dir=.local-stack $(DEMO_ARGS)
