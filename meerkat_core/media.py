@@ -155,8 +155,8 @@ def _resample(wave: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """[T] at ``sr`` -> [T * target_sr / sr] at ``target_sr`` (polyphase, exact rational ratio)."""
     if sr == target_sr:
         return wave
-    # Imported here, on the first recording that needs it: scipy.signal adds 0.6 s to the start
-    # of every process that imports this module (each data-stream worker, each Serve replica),
+    # Imported here, on the first recording that needs it: scipy.signal was 0.6 s of this
+    # module's import (python -X importtime), paid by each data-stream worker and Serve replica,
     # and recordings already at the model's rate (the procedural world's) never need it.
     from scipy.signal import resample_poly
 

@@ -48,7 +48,6 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 import ray
 import torch
@@ -60,17 +59,19 @@ from meerkat_core.tokenizer import load_tokenizer
 from pipelines import data
 from pipelines.avfit import shards
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
+from tests.benchmarks.processes import cpu_by_title, process_cpu_s
 
 pytestmark = pytest.mark.bench
 TINY = PRESETS["tiny"]
 EPOCHS = 36
-"""Passes over the shards in the Ray Data stream: 12,960 samples, 2.2-2.6 minutes on two cores.
+"""Passes over the shards in the Ray Data stream: 12,960 samples, 2.3-2.9 minutes on two cores.
 End to end is the steady rate less the start-up (the first task's worker importing torch and
-transformers, Ray Data starting its own actors: 5.6-7.3 s on two cores) spread over the stream:
+transformers, Ray Data starting its own actors: 5.6-7.8 s on two cores) spread over the stream:
 ``steady x T / (T + start-up)``. A training stream runs for hours, where the start-up is nothing;
 at 8 epochs (40 s) it took a fifth of end to end, at this length a twentieth, and the benchmark
 prints it on its own."""
 OBJECT_STORE_BYTES = 2 * 1024**3
+DRIVER = "driver (Ray Data executor + iter_batches)"
 MIX_SHARDS = 12
 """Shards per read group, so per stream task: the epoch's 12 x 30 = 360 samples, a task of
 about 8 s on a core. Ray Data spends about 0.2 s between one task's end and the next task's
@@ -235,31 +236,13 @@ def _first_batch_s(cfg: data.DataConfig, position: dict[str, int]) -> float:
     return first
 
 
-def _process_cpu_s() -> dict[int, tuple[str, float]]:
-    """``pid -> (title, CPU seconds)`` of every process: Ray's task workers as one, its actors by
-    their title (``ray::_StatsActor``), this process as ``driver``, others by name."""
-    out = {}
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        info = proc.info
-        if info["cpu_times"] is None:
-            continue
-        cmd = info["cmdline"] or []
-        title = cmd[0] if cmd and cmd[0].startswith("ray::") else (info["name"] or "?")
-        if title == "ray::IDLE" or title.startswith("ray::MapBatches"):
-            title = "Ray task workers (the stream's tasks)"  # a worker is IDLE again after its task
-        if proc.pid == os.getpid():
-            title = "driver (Ray Data executor + iter_batches)"
-        out[proc.pid] = (title[:50], info["cpu_times"].user + info["cpu_times"].system)
-    return out
-
-
-def _cpu_by_title(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
-) -> dict[str, float]:
-    spent: dict[str, float] = defaultdict(float)
-    for pid, (title, secs) in after.items():
-        spent[title] += secs - before.get(pid, (title, 0.0))[1]
-    return dict(spent)
+def _stream_label(title: str) -> str:
+    # a worker's title is IDLE again after its task: count every task worker as one
+    return (
+        "Ray task workers (the stream's tasks)"
+        if title == "ray::IDLE" or title.startswith("ray::MapBatches")
+        else title
+    )
 
 
 _TOTAL = re.compile(r"([\d.]+)(us|ms|s) total$")
@@ -285,7 +268,7 @@ def test_stream_throughput(ray_node, shard_dir):
     cores = min(os.cpu_count() or 1, int(ray.cluster_resources().get("CPU", 1)))
 
     cfg = data.DataConfig(uri=shard_dir, mix_shards=MIX_SHARDS)
-    procs = _process_cpu_s()
+    procs = process_cpu_s(_stream_label, DRIVER)
     t = time.perf_counter()
     got, first_at, first_n, row_bytes = 0, None, 0, []
     ds = data.build_dataset(cfg, TINY, None, epochs=EPOCHS)
@@ -297,7 +280,7 @@ def test_stream_throughput(ray_node, shard_dir):
         if first_at is None:  # steady state: from the first batch on, start-up excluded
             first_at, first_n = time.perf_counter(), got
     end = time.perf_counter()
-    by_process = _cpu_by_title(procs, _process_cpu_s())
+    by_process = cpu_by_title(procs, process_cpu_s(_stream_label, DRIVER))
     parallel = _parallel_plain(uris, cores)
     after, after_s, spent_after, _, _ = _single_process(uris)
     r = (single + after) / (single_s + after_s)  # every stage: the capacity model's per-core rate

@@ -64,6 +64,7 @@ from meerkat_core.builders import build_model, load_model
 from meerkat_core.config import PRESETS
 from serve import inputs, tasks
 from serve.schemas import GroundParams
+from tests.benchmarks.processes import cpu_by_title, process_cpu_s
 from tests.serve import service
 
 pytestmark = pytest.mark.bench
@@ -126,36 +127,23 @@ async def _clients(
                 latencies.append(time.perf_counter() - start)
 
     await asyncio.gather(*(one_client(1, False) for _ in range(clients)))
-    start, cpu, machine, procs = time.perf_counter(), time.process_time(), _machine_cpu_s(), _process_cpu_s()
+    start, cpu, machine, procs = (
+        time.perf_counter(),
+        time.process_time(),
+        _machine_cpu_s(),
+        process_cpu_s(own=LOAD_GENERATOR),
+    )
     runs = (one_client(REQUESTS_PER_CLIENT[clients], True) for _ in range(clients))
     await asyncio.wait_for(asyncio.gather(*runs), LEVEL_TIMEOUT_S)
-    after = _process_cpu_s()
-    by_title: dict[str, float] = collections.defaultdict(float)
-    for pid, (title, seconds) in after.items():
-        by_title[title] += seconds - procs.get(pid, (title, 0.0))[1]
+    after = process_cpu_s(own=LOAD_GENERATOR)
+    by_title = cpu_by_title(procs, after)
     return (
         time.perf_counter() - start,
         latencies,
         time.process_time() - cpu,
         _machine_cpu_s() - machine,
-        dict(by_title),
+        by_title,
     )
-
-
-def _process_cpu_s() -> dict[int, tuple[str, float]]:
-    """``pid -> (title, CPU seconds)`` of every process: Ray's workers by their title
-    (``ray::ProxyActor``, ``ray::ServeReplica:...``), others by name."""
-    out = {}
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        info = proc.info
-        if info["cpu_times"] is None:
-            continue
-        cmd = info["cmdline"] or []
-        title = cmd[0] if cmd and cmd[0].startswith("ray::") else (info["name"] or "?")
-        if proc.pid == os.getpid():
-            title = LOAD_GENERATOR
-        out[proc.pid] = (title[:60], info["cpu_times"].user + info["cpu_times"].system)
-    return out
 
 
 def _machine_cpu_s() -> float:
