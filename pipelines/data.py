@@ -83,7 +83,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -502,24 +502,36 @@ def stream_group(
         raise ValueError(f"stream_group takes one read group per call, got {len(batch['uris'])}")
     row = {name: values[0] for name, values in batch.items()}
     samples = list(group_samples(row))
+
+    def prepared() -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(samples), chunk):
+            part = samples[start : start + chunk]
+            columns = {name: np.array([s[name] for s in part], dtype=object) for name in _RAW_COLUMNS}
+            for name in POSITION_COLUMNS:
+                columns[name] = np.array([s[name] for s in part], dtype=np.int64)
+            yield preprocess_batch(columns, **preprocess)
+
+    yield from recut(prepared(), chunk, keep_last=True)
+
+
+def recut(
+    batches: Iterable[dict[str, np.ndarray]], size: int, *, keep_last: bool
+) -> Iterator[dict[str, np.ndarray]]:
+    """Column batches of any lengths -> batches of exactly ``size`` rows, row order kept; the
+    last partial one yielded with ``keep_last``, dropped without. Empty batches are passed over."""
     pending: list[dict[str, np.ndarray]] = []
     have = 0
-    for start in range(0, len(samples), chunk):
-        part = samples[start : start + chunk]
-        columns = {name: np.array([s[name] for s in part], dtype=object) for name in _RAW_COLUMNS}
-        for name in POSITION_COLUMNS:
-            columns[name] = np.array([s[name] for s in part], dtype=np.int64)
-        out = preprocess_batch(columns, **preprocess)
-        if not len(out.get("__key__", ())):
+    for batch in batches:
+        if not len(batch.get("__key__", ())):
             continue
-        pending.append(out)
-        have += len(out["__key__"])
-        while have >= chunk:
+        pending.append(batch)
+        have += len(batch["__key__"])
+        while have >= size:
             rows = _concat(pending)
-            yield {name: values[:chunk] for name, values in rows.items()}
-            have -= chunk
-            pending = [{name: values[chunk:] for name, values in rows.items()}] if have else []
-    if have:
+            yield {name: values[:size] for name, values in rows.items()}
+            have -= size
+            pending = [{name: values[size:] for name, values in rows.items()}] if have else []
+    if have and keep_last:
         yield _concat(pending)
 
 
@@ -782,20 +794,8 @@ def cached_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches of the cached split -> epoch ``epoch``'s task-mixing draw, re-cut to
     ``batch_size`` rows (the last partial batch dropped). ``epoch`` is the caller's own count."""
-    pending: list[dict[str, np.ndarray]] = []
-    have = 0
-    for batch in batches:
-        kept = thin_batch(batch, keep_probs=keep, seed=seed, epoch=epoch)
-        if not len(kept["__key__"]):
-            continue
-        pending.append(kept)
-        have += len(kept["__key__"])
-        while have >= batch_size:
-            whole = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-            yield {k: v[:batch_size] for k, v in whole.items()}
-            rest = {k: v[batch_size:] for k, v in whole.items()}
-            have -= batch_size
-            pending = [rest] if have else []
+    kept = (thin_batch(batch, keep_probs=keep, seed=seed, epoch=epoch) for batch in batches)
+    yield from recut(kept, batch_size, keep_last=False)
 
 
 BLOCK_FILL = 0.75

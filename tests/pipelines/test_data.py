@@ -157,6 +157,22 @@ def _by_epoch(rows) -> dict[int, set[str]]:
     return out
 
 
+@pytest.mark.parametrize("keep_last", [True, False])
+def test_recut_makes_whole_batches_in_order(keep_last):
+    """Batches of 3, 0, 5 and 1 rows re-cut to 4: two whole batches, then the one left row only
+    when the last partial batch is kept; rows keep their order and every column stays aligned."""
+    sizes, start, parts = [3, 0, 5, 1], 0, []
+    for n in sizes:
+        keys = np.array([f"k{i}" for i in range(start, start + n)], dtype=object)
+        parts.append({"__key__": keys, "x": np.arange(start, start + n) * 10})
+        start += n
+    out = list(data.recut(iter(parts), 4, keep_last=keep_last))
+    assert [len(b["__key__"]) for b in out] == ([4, 4, 1] if keep_last else [4, 4])
+    keys = [k for b in out for k in b["__key__"]]
+    assert keys == [f"k{i}" for i in range(len(keys))]
+    assert all((b["x"] == [int(k[1:]) * 10 for k in b["__key__"]]).all() for b in out)
+
+
 def test_cached_epochs_draw_what_the_stream_draws(ray_local, s3_uri):
     """The cached split, thinned per epoch by the caller's own count, keeps what the stream keeps."""
     samples = _world(5, seed=3)
