@@ -519,6 +519,8 @@ def recut(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Column batches of any lengths -> batches of exactly ``size`` rows, row order kept; the
     last partial one yielded with ``keep_last``, dropped without. Empty batches are passed over."""
+    if size < 1:
+        raise ValueError(f"recut: size must be at least 1, got {size}")
     pending: list[dict[str, np.ndarray]] = []
     have = 0
     for batch in batches:

@@ -171,6 +171,8 @@ def test_recut_makes_whole_batches_in_order(keep_last):
     keys = [k for b in out for k in b["__key__"]]
     assert keys == [f"k{i}" for i in range(len(keys))]
     assert all((b["x"] == [int(k[1:]) * 10 for k in b["__key__"]]).all() for b in out)
+    with pytest.raises(ValueError, match="size must be at least 1"):
+        next(data.recut(iter(parts), 0, keep_last=keep_last))
 
 
 def test_cached_epochs_draw_what_the_stream_draws(ray_local, s3_uri):
