@@ -1,7 +1,8 @@
 """Ablations on the procedural world: train and evaluate each variant, then compare them from MLflow.
 
     ray job submit -- python -m pipelines.ablate data=s3://meerkat/avfit [steps=300] \\
-        ['variants=[full, no_ot, no_ac, lora4, lora16, full_ft, tasks_arig, tasks_arig_igatl]']
+        ['variants=[full, no_ot, no_ac, lora4, lora16, full_ft, tasks_arig, tasks_arig_igatl]'] \\
+        [ablation=<id of an earlier ablation, to add these variants to it>]
 
 The job is :func:`run` of an :class:`AblateConfig` (``pipelines/configs/ablate.yaml`` and dotted
 overrides, as every job). :data:`VARIANTS` is the one list of the variants: each is the training
@@ -80,6 +81,9 @@ class AblateConfig:
     storage_uri: str = "data/runs"
     """Where the variants' checkpoints go (``storage_uri`` of each training run)."""
     experiment: str = "meerkat"
+    ablation: str | None = None
+    """An earlier ablation's id to add these variants to (its table then lists every variant
+    evaluated under that id, read from MLflow); ``None``: a new id."""
     eval: dict[str, Any] = field(default_factory=dict)
     """Further fields of each variant's ``EvaluateConfig`` (``eval.actors=2``)."""
 
@@ -279,7 +283,7 @@ def run(cfg: AblateConfig, ablation: str | None = None) -> dict[str, Any]:
 
     if not cfg.data:
         raise ValueError("ablate: no data (data=<AVFIT root with train/ and test/>)")
-    ablation = ablation or new_ablation_id()
+    ablation = ablation or cfg.ablation or new_ablation_id()
     print(f"ablation {ablation}: {len(cfg.variants)} variants, {cfg.steps} steps each", flush=True)
     eval_ids = []
     for i, variant in enumerate(cfg.variants, 1):
@@ -289,7 +293,8 @@ def run(cfg: AblateConfig, ablation: str | None = None) -> dict[str, Any]:
         model_ref = f"models:/{train_cfg.mlflow.register_as}/{trained['registered_version']}"
         evaluated = evaluate.run(variant_eval_config(cfg, ablation, variant, model_ref))
         eval_ids.append(evaluated["eval_run_id"])
-    table = compare(run_ids=eval_ids)
+    # extending an earlier ablation: the table holds its earlier variants too
+    table = compare(ablation, cfg.experiment) if cfg.ablation else compare(run_ids=eval_ids)
     print("\n" + table)
     return {"ablation": ablation, "eval_runs": eval_ids, "table": table}
 

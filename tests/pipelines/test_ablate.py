@@ -88,3 +88,30 @@ def test_run_composes_train_evaluate_and_compare_as_functions(monkeypatch):
     assert calls[2][2] == {**calls[0][2], "loss": {**calls[0][2].get("loss", {}), "lambda_ot": 0.0}}
     with pytest.raises(ValueError, match="no data"):
         ablate.run(_cfg())
+
+
+def test_run_adds_variants_to_an_earlier_ablation(monkeypatch):
+    """``ablation=<id>``: the variants run under that id, and the table is every evaluation of it in
+    MLflow (the earlier variants' too), not only this job's runs."""
+    calls = []
+    monkeypatch.setattr(
+        train, "run", lambda cfg: calls.append(("train", cfg.name)) or {"registered_version": "1"}
+    )
+    monkeypatch.setattr(
+        evaluate,
+        "run",
+        lambda cfg: calls.append(("evaluate", cfg.tags["meerkat.ablation"])) or {"eval_run_id": "e-2"},
+    )
+
+    def fake_compare(ablation=None, experiment="meerkat", run_ids=None, patterns=None):
+        calls.append(("compare", ablation, experiment, run_ids))
+        return "| both |"
+
+    monkeypatch.setattr(ablate, "compare", fake_compare)
+    out = ablate.run(_cfg("data=d", "variants=[full]", "ablation=abl-old", "experiment=exp"))
+    assert out == {"ablation": "abl-old", "eval_runs": ["e-2"], "table": "| both |"}
+    assert calls == [
+        ("train", "abl-old-full"),
+        ("evaluate", "abl-old"),
+        ("compare", "abl-old", "exp", None),
+    ]
