@@ -273,7 +273,7 @@ def compare(
         raise SystemExit(f"meerkat compare: {err}") from None
 
 
-def run(cfg: AblateConfig, ablation: str | None = None) -> dict[str, Any]:
+def run(cfg: AblateConfig) -> dict[str, Any]:
     """Train and evaluate every variant on the connected Ray cluster, then compare them.
 
     Returns ``{"ablation", "eval_runs", "table"}``: the ablation's id, the evaluation runs' ids (in
@@ -283,7 +283,7 @@ def run(cfg: AblateConfig, ablation: str | None = None) -> dict[str, Any]:
 
     if not cfg.data:
         raise ValueError("ablate: no data (data=<AVFIT root with train/ and test/>)")
-    ablation = ablation or cfg.ablation or new_ablation_id()
+    ablation = cfg.ablation or new_ablation_id()
     print(f"ablation {ablation}: {len(cfg.variants)} variants, {cfg.steps} steps each", flush=True)
     eval_ids = []
     for i, variant in enumerate(cfg.variants, 1):
@@ -293,8 +293,7 @@ def run(cfg: AblateConfig, ablation: str | None = None) -> dict[str, Any]:
         model_ref = f"models:/{train_cfg.mlflow.register_as}/{trained['registered_version']}"
         evaluated = evaluate.run(variant_eval_config(cfg, ablation, variant, model_ref))
         eval_ids.append(evaluated["eval_run_id"])
-    # extending an earlier ablation: the table holds its earlier variants too
-    table = compare(ablation, cfg.experiment) if cfg.ablation else compare(run_ids=eval_ids)
+    table = compare(ablation, cfg.experiment)  # every variant evaluated under the id, earlier ones too
     print("\n" + table)
     return {"ablation": ablation, "eval_runs": eval_ids, "table": table}
 

@@ -59,6 +59,8 @@ def test_variant_evaluation_config():
 
 
 def test_run_composes_train_evaluate_and_compare_as_functions(monkeypatch):
+    """Each variant trained then evaluated under the ablation's id (``ablation=<id>`` adds them to an
+    earlier ablation); the table is every evaluation of that id in MLflow, earlier variants' too."""
     calls = []
 
     def fake_train(cfg):
@@ -70,48 +72,23 @@ def test_run_composes_train_evaluate_and_compare_as_functions(monkeypatch):
         return {"eval_run_id": f"e-{cfg.tags['meerkat.variant']}", "n": 1, "skipped": {}, "results": {}}
 
     def fake_compare(ablation=None, experiment="meerkat", run_ids=None, patterns=None):
-        calls.append(("compare", tuple(run_ids)))
+        calls.append(("compare", ablation, experiment, run_ids))
         return "| table |"
 
     monkeypatch.setattr(train, "run", fake_train)
     monkeypatch.setattr(evaluate, "run", fake_evaluate)
     monkeypatch.setattr(ablate, "compare", fake_compare)
-    out = ablate.run(_cfg("data=d", "variants=[full, no_ot]"), ablation="abl-t")
+    out = ablate.run(_cfg("data=d", "variants=[full, no_ot]", "ablation=abl-t"))
     assert out == {"ablation": "abl-t", "eval_runs": ["e-full", "e-no_ot"], "table": "| table |"}
     assert [c[:2] for c in calls] == [
         ("train", "abl-t-full"),
         ("evaluate", "models:/abl-t-full/3"),  # the version the training registered
         ("train", "abl-t-no_ot"),
         ("evaluate", "models:/abl-t-no_ot/3"),
-        ("compare", ("e-full", "e-no_ot")),
+        ("compare", "abl-t"),
     ]
     assert calls[2][2] == {**calls[0][2], "loss": {**calls[0][2].get("loss", {}), "lambda_ot": 0.0}}
+    assert calls[-1] == ("compare", "abl-t", "meerkat", None)
+    assert ablate.run(_cfg("data=d", "variants=[full]"))["ablation"].startswith("abl-")  # a new id
     with pytest.raises(ValueError, match="no data"):
         ablate.run(_cfg())
-
-
-def test_run_adds_variants_to_an_earlier_ablation(monkeypatch):
-    """``ablation=<id>``: the variants run under that id, and the table is every evaluation of it in
-    MLflow (the earlier variants' too), not only this job's runs."""
-    calls = []
-    monkeypatch.setattr(
-        train, "run", lambda cfg: calls.append(("train", cfg.name)) or {"registered_version": "1"}
-    )
-    monkeypatch.setattr(
-        evaluate,
-        "run",
-        lambda cfg: calls.append(("evaluate", cfg.tags["meerkat.ablation"])) or {"eval_run_id": "e-2"},
-    )
-
-    def fake_compare(ablation=None, experiment="meerkat", run_ids=None, patterns=None):
-        calls.append(("compare", ablation, experiment, run_ids))
-        return "| both |"
-
-    monkeypatch.setattr(ablate, "compare", fake_compare)
-    out = ablate.run(_cfg("data=d", "variants=[full]", "ablation=abl-old", "experiment=exp"))
-    assert out == {"ablation": "abl-old", "eval_runs": ["e-2"], "table": "| both |"}
-    assert calls == [
-        ("train", "abl-old-full"),
-        ("evaluate", "abl-old"),
-        ("compare", "abl-old", "exp", None),
-    ]
