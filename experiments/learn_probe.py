@@ -250,6 +250,7 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         for k, v in t4.items()
         if v
     }
+    region_diag = _region_diagnostics(res["avfact"], fact_maps)
     evaluate.last_maps = (maps_out, [r["meta"] for r, _ in res["arig"]])
     return {
         "arig_n": n_a,
@@ -270,6 +271,55 @@ def evaluate(model, rows, *, bf16: bool, batch_size: int = 32) -> dict:
         if res["avfact"]
         else float("nan"),
         "examples": [t for _, t in res["arig"][:4]] + [t for _, t in res["avfact"][:4]],
+        "avfact_region": region_diag,
+    }
+
+
+def _region_diagnostics(fact_res, fact_maps) -> dict:
+    """Fact-check types 1 and 3 (a box written in the statement), by what the statement gets wrong:
+    the model's accuracy, and how well AVACE's map alone would tell the written box from a wrong one
+    (the mean map inside the box minus outside it, at the best threshold: an upper bound of what the
+    region prompt's map features carry)."""
+    groups: dict[str, list[bool]] = {}
+    contrast: dict[int, list[tuple[float, bool]]] = {1: [], 3: []}
+    for (r, text), amap in zip(fact_res, fact_maps, strict=True):
+        meta = r["meta"]
+        t = int(meta["fact_type"])
+        if t not in (1, 3):
+            continue
+        label = bool(meta["label"])
+        wb = meta["boxes"][0]
+        sounding = [o["box"] for o in meta["objects"] if o["sounds"]]
+        others = [o["box"] for o in meta["objects"] if not o["sounds"]]
+        box_right = max(grounding.box_iou(wb, s) for s in sounding) >= 0.5
+        if label:
+            kind = "true"
+        elif not box_right:
+            kind = (
+                "object" if others and max(grounding.box_iou(wb, o) for o in others) >= 0.5 else "background"
+            )
+        else:
+            kind = "window"
+        v = prompts.parse_verdict(text)
+        groups.setdefault(f"{t}/{kind}", []).append(v is not None and v == label)
+        grid = amap.shape[-1]
+        m = torch.from_numpy(grounding.boxes_to_mask([wb], grid)).float()
+        inside = float((amap * m).sum() / m.sum().clamp_min(1))
+        outside = float((amap * (1 - m)).sum() / (1 - m).sum().clamp_min(1))
+        if kind != "window":
+            contrast[t].append((inside - outside, box_right))
+    sep = {}
+    for t, pairs in contrast.items():
+        if not pairs:
+            continue
+        xs = sorted(pairs)
+        best = max(
+            sum((x > thr) == y for x, y in xs) / len(xs) for thr in [xs[0][0] - 1] + [x for x, _ in xs]
+        )
+        sep[str(t)] = round(best, 3)
+    return {
+        "acc_by_kind": {k: [round(float(np.mean(v)), 3), len(v)] for k, v in sorted(groups.items())},
+        "map_contrast_best_acc": sep,
     }
 
 
@@ -423,7 +473,7 @@ def main(argv=None) -> dict:
             print(
                 f"  interim @ {step}: miou {m['arig_miou']:.3f} sounding {m['arig_sounding_rate']:.2f} "
                 f"nearest {m['arig_nearest_obj_iou']:.3f} map {m['map_on_sounding']:.2f}/{m['map_mass_in_box']:.2f}/{m['map_box_miou']:.2f} fact {m['avfact_acc']:.3f} {m['avfact_by_type']} "
-                f"T-rate {m['avfact_true_rate']:.2f} {m['examples'][:2]}",
+                f"T-rate {m['avfact_true_rate']:.2f} {m['examples'][:2]}\n  region {m['avfact_region']}",
                 flush=True,
             )
             t_eval_total += time.time() - t0

@@ -80,7 +80,7 @@ from meerkat_core.encoders import (
     time_stamp_ids,
 )
 from meerkat_core.losses import answer_cross_entropy, number_label_targets
-from meerkat_core.regions import add_region_features, region_features, zero_linear
+from meerkat_core.regions import MATCH_FEATURES, add_region_features, region_features, zero_linear
 from meerkat_core.tokenizer import number_tokens
 
 
@@ -122,6 +122,7 @@ class MeerkatModel(nn.Module):
         self.tokenizer = tokenizer
         if config.region_prompts:  # see meerkat_core.regions
             self.region_box_proj = zero_linear(llm_dim + 2, llm_dim)
+            self.region_match_proj = zero_linear(MATCH_FEATURES * 2 * WHERE_FREQUENCIES, llm_dim)
             self.region_segment_proj = zero_linear(2 * config.audio.num_mel_bins, llm_dim)
         if config.audio_time_stamps:  # see encode_media
             ids = time_stamp_ids(config.audio, number_tokens(tokenizer)["time"])
@@ -202,7 +203,12 @@ class MeerkatModel(nn.Module):
         if not self.config.region_prompts or batch is None or "region_pos" not in batch:
             return text
         box, segment = region_features(
-            batch, media.img, media.attn_map, self.region_box_proj, self.region_segment_proj
+            batch,
+            media.img,
+            media.attn_map,
+            self.region_box_proj,
+            self.region_match_proj,
+            self.region_segment_proj,
         )
         return add_region_features(text, batch, box, segment)
 

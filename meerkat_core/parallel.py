@@ -40,7 +40,14 @@ from torch.distributed.tensor import DTensor
 
 STRATEGIES = ("ddp", "fsdp")
 
-_FP32_UNITS = ("avace", "img_to_llm", "aud_to_llm", "region_box_proj", "region_segment_proj")
+_FP32_UNITS = (
+    "avace",
+    "img_to_llm",
+    "aud_to_llm",
+    "region_box_proj",
+    "region_match_proj",
+    "region_segment_proj",
+)
 
 
 def decoder_layers(llm: nn.Module) -> list[nn.Module]:

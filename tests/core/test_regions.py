@@ -13,7 +13,15 @@ from meerkat_core import batching, prompts
 from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
 from meerkat_core.model import count_parameters
-from meerkat_core.regions import add_region_features, box_coverage, region_features, zero_linear
+from meerkat_core.regions import (
+    MATCH_FEATURES,
+    add_region_features,
+    box_coverage,
+    box_iou,
+    map_agreement,
+    region_features,
+    zero_linear,
+)
 
 TINY = PRESETS["tiny"]
 
@@ -57,10 +65,32 @@ def test_region_features_pool_the_image_tokens_the_box_covers():
     image_tokens = torch.arange(4, dtype=torch.float32).reshape(1, 4, 1)
     attn_map = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # all attention on the left half
     batch = {"region_box": torch.tensor([[0.0, 0.0, 0.5, 1.0]]), "segment_feat": torch.tensor([[1.0, 3.0]])}
-    box, segment = region_features(batch, image_tokens, attn_map, nn.Identity(), nn.Identity())
+    no_match = zero_linear(MATCH_FEATURES * 16, 3)
+    box, segment = region_features(batch, image_tokens, attn_map, nn.Identity(), no_match, nn.Identity())
     # tokens 0 and 2 (the left column): mean 1; attention inside 1, outside 0
     torch.testing.assert_close(box, torch.tensor([[1.0, 1.0, 0.0]]))
     torch.testing.assert_close(segment, torch.tensor([[-1.0, 1.0]]), atol=1e-3, rtol=0)  # layer-normalised
+
+
+def test_box_iou_by_hand():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.2, 0.2], [0.1, 0.1, 0.1, 0.3]])
+    b = torch.tensor([[0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 1.0, 1.0], [0.1, 0.1, 0.1, 0.3]])
+    # 0.125 shared of 0.25 + 0.25 - 0.125; disjoint; two empty boxes
+    torch.testing.assert_close(box_iou(a, b), torch.tensor([1 / 3, 0.0, 0.0]))
+
+
+def test_map_agreement_by_hand():
+    # a 4 x 4 map that is 1 on the top-left 2 x 2 cells and 0 elsewhere
+    amap = torch.zeros(2, 4, 4)
+    amap[:, :2, :2] = 1.0
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])  # on the map; on the far corner
+    got = map_agreement(boxes, amap)
+    # the map's box is mu +- sqrt(3) sigma of cells at 1/8 and 3/8: [1/4 - sqrt(3)/8, 1/4 + sqrt(3)/8]
+    lo, hi = 0.25 - 3**0.5 / 8, 0.25 + 3**0.5 / 8
+    iou_on = (hi - lo) ** 2 / 0.25  # the map's box lies inside the first box: 0.75
+    expected = torch.tensor([[1.0, 0.0, 1.0, iou_on], [0.0, 4 / 12, (1 - 4 / 12) / 2, 0.0]])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert got.shape[1] == MATCH_FEATURES
 
 
 def _fact_batch(model, box, segment=(2.0, 5.0), side="right"):
@@ -92,8 +122,8 @@ def test_region_features_start_as_a_no_op_then_carry_the_box(model):
         torch.testing.assert_close(model(a)["loss_ce"], model(no_regions)["loss_ce"])
     model.zero_grad(set_to_none=True)
     model(a)["loss"].backward()
-    assert model.region_box_proj.weight.grad.abs().sum() > 0
-    assert model.region_segment_proj.weight.grad.abs().sum() > 0
+    for layer in (model.region_box_proj, model.region_match_proj, model.region_segment_proj):
+        assert layer.weight.grad.abs().sum() > 0
     saved = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("region_")}
     try:
         with torch.no_grad():
@@ -123,7 +153,7 @@ def test_projections_get_a_gradient_even_without_regions(model):
     batch["segment_pos"] = torch.full_like(batch["segment_pos"], -1)
     model.zero_grad(set_to_none=True)
     model(batch)["loss"].backward()
-    for layer in (model.region_box_proj, model.region_segment_proj):
+    for layer in (model.region_box_proj, model.region_match_proj, model.region_segment_proj):
         assert layer.weight.grad is not None and not layer.weight.grad.any()
 
 
