@@ -14,10 +14,12 @@ The text of the prompt is unchanged.
 How well the written box agrees with AVACE's map (:func:`map_agreement`: the map inside and outside
 the box, their contrast, the box's IoU with the box the map implies) also gets a projection of its
 own, over sin/cos features of each value. Given only as two of the ``D_T + 2`` inputs of the box's
-projection, beside the pooled image tokens, that signal was drowned: in seeds where fact-checking a
-written box stalled (accuracy .54-.72 on it, a box on the other object read as True), the map's
-contrast alone told the written box from a wrong one in every held-out case
-(``experiments/learn_probe.py``, its ``avfact_region`` diagnostics).
+projection, beside the pooled image tokens, that signal was drowned: in a seed where fact-checking
+a written box stalled (accuracy .54-.78 on it, a box on the other object mostly read as True), one
+threshold on the map's contrast separated the written box from a wrong one on every held-out
+case, as in a seed that learnt it (``experiments/learn_probe.py``, its ``avfact_region``
+diagnostics: an upper bound, the threshold picked on those cases). The LLM's loss reaches AVACE's
+map through these features too, as it does through the pooled tokens.
 
 The batch carries, per row (built by :class:`~meerkat_core.batching.SamplePreprocessor`)::
 
@@ -66,7 +68,7 @@ def box_coverage(boxes: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``[B]`` IoU of boxes ``a`` and ``b`` ``[B, 4]`` (x1, y1, x2, y2); 0 where both are empty."""
+    """``[B]`` IoU of boxes ``a`` and ``b`` ``[B, 4]`` (x1, y1, x2, y2); 0 where either is empty."""
     wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp_min(0)
     inter = wh[:, 0] * wh[:, 1]
     area = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(1) + (b[:, 2:] - b[:, :2]).clamp_min(0).prod(1)
@@ -81,8 +83,11 @@ def map_agreement(boxes: torch.Tensor, attn_map: torch.Tensor) -> torch.Tensor:
     cm = box_coverage(boxes.float(), attn_map.shape[-1])
     inside = (cm * amap).sum(1) / cm.sum(1).clamp_min(1e-6)
     outside = ((1 - cm) * amap).sum(1) / (1 - cm).sum(1).clamp_min(1e-6)
-    implied = map_box(amap.clamp_min(0) ** MAP_BOX_POWER, attn_map.shape[-1])
-    iou = box_iou(boxes.float(), implied)
+    # in float32 under autocast too: map_box's variance is a difference of near-equal moments,
+    # which bf16 matmuls round to a zero-width box for a peaked map
+    with torch.autocast(attn_map.device.type, enabled=False):
+        implied = map_box(amap.clamp_min(0) ** MAP_BOX_POWER, attn_map.shape[-1])
+        iou = box_iou(boxes.float(), implied)
     return torch.stack([inside, outside, (1 + inside - outside) / 2, iou], dim=1)
 
 

@@ -91,6 +91,14 @@ def test_map_agreement_by_hand():
     expected = torch.tensor([[1.0, 0.0, 1.0, iou_on], [0.0, 4 / 12, (1 - 4 / 12) / 2, 0.0]])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert got.shape[1] == MATCH_FEATURES
+    # the same under bf16 autocast (bf16 moments turn a one-cell peak's box into a point)
+    peak = torch.zeros(1, 7, 7)
+    peak[0, 6, 6] = 1.0
+    box = torch.tensor([[0.8, 0.8, 1.0, 1.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = map_agreement(box, peak)
+    torch.testing.assert_close(low, map_agreement(box, peak))
+    assert low[0, 3] > 0
 
 
 def _fact_batch(model, box, segment=(2.0, 5.0), side="right"):
