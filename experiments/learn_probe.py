@@ -20,7 +20,10 @@ In-process, no Ray:
    chance is 0.5), avfact accuracy overall and per fact type, next to ``world.baselines``
    (random-object and mean-box IoU, majority class). Diagnostics: AVACE's map on the sounding
    object (mean map value in its box above the other object's), and the IoU of the box the map
-   implies (``attention.map_box``).
+   implies (``attention.map_box``); for fact-check types 1 and 3 (a box in the statement),
+   ``avfact_region``: accuracy by what the statement gets wrong (the box is another object's, on
+   the background, or the window is wrong) and how well one threshold on AVACE's map contrast
+   inside/outside the written box would separate right boxes from wrong ones (an upper bound).
 
 The tiny preset is trained with ``loss.number_label_sigma = 1.5`` (``--number-sigma``).
 

@@ -157,8 +157,9 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def stop_service(service: Service, grace_s: float = 5.0) -> None:
-    """SIGTERM the service's processes, SIGKILL what is left after ``grace_s``, wait for its ports."""
+def stop_service(service: Service, grace_s: float = 5.0, ports_s: float = 15.0) -> None:
+    """SIGTERM the service's processes, SIGKILL what is left after ``grace_s``, wait up to
+    ``ports_s`` for its ports to close."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
         procs = service_processes(service)
         if not procs:
@@ -177,4 +178,26 @@ def stop_service(service: Service, grace_s: float = 5.0) -> None:
     # When the caller launched the service itself (the pytest fixtures), reap the group leader.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(service.pgid, os.WNOHANG)
-    wait_for(lambda: not any(port_in_use(p) for p in service.ports), 15, f"{service.name}: closing ports")
+    try:
+        wait_for(
+            lambda: not any(port_in_use(p) for p in service.ports), ports_s, f"{service.name}: closing ports"
+        )
+    except StackError:
+        busy = [p for p in service.ports if port_in_use(p)]
+        raise StackError(
+            f"{service.name}: its processes ended but ports {busy} are still listened on after"
+            f" {ports_s:g} s ({_listeners(busy)})"
+        ) from None
+
+
+def _listeners(ports: list[int]) -> str:
+    """Who listens on ``ports``, as ``port: pid name`` where psutil can tell (for the error above)."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in ports:
+                name = "?"
+                with contextlib.suppress(psutil.Error):
+                    name = psutil.Process(conn.pid).name() if conn.pid else "?"
+                found.append(f"{conn.laddr.port}: pid {conn.pid} {name}")
+    return ", ".join(found) or "listener not found"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 
 from infra.local import processes
 
@@ -55,3 +57,15 @@ def test_stop_service_ends_descendants_in_other_groups(tmp_path):
     assert len(pids) == 2
     processes.stop_service(service, grace_s=2)
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_port_left_open_after_the_processes_end_is_named(tmp_path):
+    # Something else listens on the service's port once its processes are gone: the error says
+    # which port and who holds it, instead of only that the wait timed out.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        ghost = processes.Service("ghost", 2**22 + 7, time.time(), f"marker-{uuid.uuid4().hex}", [port])
+        with pytest.raises(processes.StackError, match=rf"ports \[{port}\].*{port}: pid {os.getpid()}"):
+            processes.stop_service(ghost, ports_s=0.5)
