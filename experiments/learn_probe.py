@@ -57,6 +57,7 @@ from meerkat_core import config as cfgmod  # noqa: E402
 from meerkat_core.attention import MAP_BOX_POWER, map_box  # noqa: E402
 from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example  # noqa: E402
 from meerkat_core.builders import build_model  # noqa: E402
+from meerkat_core.regions import map_agreement  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, baselines, iter_samples  # noqa: E402
 
 TASKS = ("arig", "igatl", "avfact", "avqa", "avc")
@@ -305,12 +306,10 @@ def _region_diagnostics(fact_res, fact_maps) -> dict:
             kind = "window"
         v = prompts.parse_verdict(text)
         groups.setdefault(f"{t}/{kind}", []).append(v is not None and v == label)
-        grid = amap.shape[-1]
-        m = torch.from_numpy(grounding.boxes_to_mask([wb], grid)).float()
-        inside = float((amap * m).sum() / m.sum().clamp_min(1))
-        outside = float((amap * (1 - m)).sum() / (1 - m).sum().clamp_min(1))
         if kind != "window":
-            contrast[t].append((inside - outside, box_right))
+            # the contrast the model's region feature gets (regions.map_agreement), box IoU unused
+            agree = map_agreement(torch.tensor([wb]), amap[None], torch.zeros(1, 4))[0]
+            contrast[t].append((float(agree[2]), box_right))
     sep = {}
     for t, pairs in contrast.items():
         if not pairs:

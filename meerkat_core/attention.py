@@ -130,16 +130,20 @@ def map_box(weights: torch.Tensor, grid: int) -> torch.Tensor:
     ``μ ± √3·σ`` of the weights normalised to a distribution.
 
     A distribution uniform over the n cells a box spans along an axis gives back a half-width of
-    ``√(n²-1)/2`` cells for the true ``n/2``: exact up to the grid's resolution. Clamped to [0, 1]."""
+    ``√(n²-1)/2`` cells for the true ``n/2``: exact up to the grid's resolution. Clamped to [0, 1].
+
+    Always in float32, under autocast too: the variance is a difference of near-equal moments,
+    which bf16 matmuls round to a zero-width box for a peaked map."""
     centres = (torch.arange(grid, device=weights.device, dtype=torch.float32) + 0.5) / grid
     ys, xs = torch.meshgrid(centres, centres, indexing="ij")
     xy = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)  # [M, 2] (x, y) of each cell centre
-    d = weights.float()
-    d = d / d.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    mu = d @ xy  # [B, 2]
-    var = (d @ xy.square() - mu.square()).clamp_min(1e-6)
-    half = math.sqrt(3.0) * var.sqrt()
-    return torch.cat([mu - half, mu + half], dim=1).clamp(0.0, 1.0)
+    with torch.autocast(weights.device.type, enabled=False):
+        d = weights.float()
+        d = d / d.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        mu = d @ xy  # [B, 2]
+        var = (d @ xy.square() - mu.square()).clamp_min(1e-6)
+        half = math.sqrt(3.0) * var.sqrt()
+        return torch.cat([mu - half, mu + half], dim=1).clamp(0.0, 1.0)
 
 
 class AVACE(nn.Module):

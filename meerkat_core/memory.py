@@ -255,7 +255,8 @@ def parameter_counts(config: ModelConfig, *, vocab_rows: int | None = None) -> P
         other_trainable = sum(saved[m] for m in lora.modules_to_save)
     adapter = _avace_params(config) + 2 * (config.avace.dim * h + h)
     if config.region_prompts:
-        # box (pooled tokens + map inside/outside), map agreement (4 values x (cos, sin) x 8), window
+        # box (pooled tokens + map inside/outside), map agreement (regions.MATCH_FEATURES values
+        # x (cos, sin) x WHERE_FREQUENCIES), window; numbers as above: this module imports no torch
         adapter += (h + 2) * h + h + (4 * 2 * 8 + 1) * h + 2 * config.audio.num_mel_bins * h + h
     if config.audio_time_stamps:
         adapter += 1  # the stamps' gain

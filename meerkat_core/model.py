@@ -92,6 +92,8 @@ class MediaTokens:
     """``[B, N, D_T]`` audio tokens for the LLM."""
     attn_map: torch.Tensor
     """``[B, h, w]`` AVACE map in [0, 1]."""
+    map_box: torch.Tensor
+    """``[B, 4]`` the box AVACE's map implies (``AVACEOutput.map_box``)."""
     img_proj: torch.Tensor
     aud_proj: torch.Tensor
     time_logits: torch.Tensor | None = None
@@ -191,6 +193,7 @@ class MeerkatModel(nn.Module):
             img=self.img_to_llm(img).to(dtype),
             aud=aud.to(dtype),
             attn_map=av.attn_map,
+            map_box=av.map_box,
             img_proj=av.img_proj,
             aud_proj=av.aud_proj,
             time_logits=time_logits,
@@ -206,6 +209,7 @@ class MeerkatModel(nn.Module):
             batch,
             media.img,
             media.attn_map,
+            media.map_box,
             self.region_box_proj,
             self.region_match_proj,
             self.region_segment_proj,

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from meerkat_core.attention import MAP_BOX_POWER, fourier_features, map_box
+from meerkat_core.attention import fourier_features
 
 MATCH_FEATURES = 4
 """Values of :func:`map_agreement` per box (``region_match_proj`` reads their sin/cos features)."""
@@ -75,19 +75,16 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area - inter).clamp_min(1e-9)
 
 
-def map_agreement(boxes: torch.Tensor, attn_map: torch.Tensor) -> torch.Tensor:
+def map_agreement(boxes: torch.Tensor, attn_map: torch.Tensor, map_box: torch.Tensor) -> torch.Tensor:
     """``[B, MATCH_FEATURES]`` in [0, 1]: how well each box ``[B, 4]`` agrees with AVACE's map
-    ``[B, h, w]`` (values in [0, 1]): the map's mean inside the box, its mean outside,
-    ``(1 + inside - outside) / 2``, and the box's IoU with :func:`~meerkat_core.attention.map_box`."""
+    ``[B, h, w]`` (values in [0, 1]) and the box it implies ``map_box [B, 4]``
+    (:func:`~meerkat_core.attention.map_box`, ``AVACEOutput.map_box``): the map's mean inside the
+    box, its mean outside, ``(1 + inside - outside) / 2``, and the box's IoU with ``map_box``."""
     amap = attn_map.float().flatten(1)  # [B, g*g]
     cm = box_coverage(boxes.float(), attn_map.shape[-1])
     inside = (cm * amap).sum(1) / cm.sum(1).clamp_min(1e-6)
     outside = ((1 - cm) * amap).sum(1) / (1 - cm).sum(1).clamp_min(1e-6)
-    # in float32 under autocast too: map_box's variance is a difference of near-equal moments,
-    # which bf16 matmuls round to a zero-width box for a peaked map
-    with torch.autocast(attn_map.device.type, enabled=False):
-        implied = map_box(amap.clamp_min(0) ** MAP_BOX_POWER, attn_map.shape[-1])
-        iou = box_iou(boxes.float(), implied)
+    iou = box_iou(boxes.float(), map_box.float())
     return torch.stack([inside, outside, (1 + inside - outside) / 2, iou], dim=1)
 
 
@@ -95,6 +92,7 @@ def region_features(
     batch: dict[str, torch.Tensor],
     image_tokens: torch.Tensor,
     attn_map: torch.Tensor,
+    map_box: torch.Tensor,
     box_proj: nn.Module,
     match_proj: nn.Module,
     segment_proj: nn.Module,
@@ -105,12 +103,12 @@ def region_features(
     Box: the LLM-side ``image_tokens [B, M', D_T]`` averaged over the box (each patch weighted by
     the fraction of it the box covers) and the mean of AVACE's ``attn_map [B, h, w]`` inside and
     outside the box, through ``box_proj``, plus the sin/cos features of :func:`map_agreement`
-    through ``match_proj``. Window: ``segment_feat``, layer-normalised, through ``segment_proj``.
+    (with the box the map implies, ``map_box [B, 4]``) through ``match_proj``. Window: ``segment_feat``, layer-normalised, through ``segment_proj``.
     """
     img = image_tokens.float()  # [B, M', D_T]
     cov = box_coverage(batch["region_box"].float(), math.isqrt(img.shape[1]))  # [B, M']
     pooled = (cov[..., None] * img).sum(1) / cov.sum(1, keepdim=True).clamp_min(1e-6)
-    agree = map_agreement(batch["region_box"], attn_map)  # [B, 4]
+    agree = map_agreement(batch["region_box"], attn_map, map_box)  # [B, 4]
     box = box_proj(torch.cat([pooled, agree[:, :2]], dim=1)) + match_proj(fourier_features(agree))
     seg = batch["segment_feat"].float()
     segment = segment_proj(F.layer_norm(seg, seg.shape[-1:]))

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from meerkat_core import batching, prompts
+from meerkat_core.attention import MAP_BOX_POWER, map_box
 from meerkat_core.builders import build_model
 from meerkat_core.config import PRESETS
 from meerkat_core.model import count_parameters
@@ -66,7 +67,10 @@ def test_region_features_pool_the_image_tokens_the_box_covers():
     attn_map = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # all attention on the left half
     batch = {"region_box": torch.tensor([[0.0, 0.0, 0.5, 1.0]]), "segment_feat": torch.tensor([[1.0, 3.0]])}
     no_match = zero_linear(MATCH_FEATURES * 16, 3)
-    box, segment = region_features(batch, image_tokens, attn_map, nn.Identity(), no_match, nn.Identity())
+    implied = torch.tensor([[0.0, 0.0, 0.5, 1.0]])
+    box, segment = region_features(
+        batch, image_tokens, attn_map, implied, nn.Identity(), no_match, nn.Identity()
+    )
     # tokens 0 and 2 (the left column): mean 1; attention inside 1, outside 0
     torch.testing.assert_close(box, torch.tensor([[1.0, 1.0, 0.0]]))
     torch.testing.assert_close(segment, torch.tensor([[-1.0, 1.0]]), atol=1e-3, rtol=0)  # layer-normalised
@@ -84,21 +88,26 @@ def test_map_agreement_by_hand():
     amap = torch.zeros(2, 4, 4)
     amap[:, :2, :2] = 1.0
     boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])  # on the map; on the far corner
-    got = map_agreement(boxes, amap)
     # the map's box is mu +- sqrt(3) sigma of cells at 1/8 and 3/8: [1/4 - sqrt(3)/8, 1/4 + sqrt(3)/8]
     lo, hi = 0.25 - 3**0.5 / 8, 0.25 + 3**0.5 / 8
+    implied = map_box(amap.flatten(1) ** MAP_BOX_POWER, 4)
+    torch.testing.assert_close(implied, torch.tensor([[lo, lo, hi, hi]] * 2))
+    got = map_agreement(boxes, amap, implied)
     iou_on = (hi - lo) ** 2 / 0.25  # the map's box lies inside the first box: 0.75
     expected = torch.tensor([[1.0, 0.0, 1.0, iou_on], [0.0, 4 / 12, (1 - 4 / 12) / 2, 0.0]])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert got.shape[1] == MATCH_FEATURES
-    # the same under bf16 autocast (bf16 moments turn a one-cell peak's box into a point)
-    peak = torch.zeros(1, 7, 7)
-    peak[0, 6, 6] = 1.0
-    box = torch.tensor([[0.8, 0.8, 1.0, 1.0]])
+
+
+def test_map_box_is_float32_under_autocast():
+    # bf16 moments turn a one-cell peak's box into a point (0.9297 for every coordinate)
+    peak = torch.zeros(1, 49)
+    peak[0, 48] = 1.0
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = map_agreement(box, peak)
-    torch.testing.assert_close(low, map_agreement(box, peak))
-    assert low[0, 3] > 0
+        low = map_box(peak**MAP_BOX_POWER, 7)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, map_box(peak**MAP_BOX_POWER, 7))
+    assert (low[0, 2:] > low[0, :2]).all()
 
 
 def _fact_batch(model, box, segment=(2.0, 5.0), side="right"):
