@@ -59,7 +59,7 @@ def test_stop_service_ends_descendants_in_other_groups(tmp_path):
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_a_port_left_open_after_the_processes_end_is_named(tmp_path):
+def test_a_port_left_open_after_the_processes_end_is_named():
     # Something else listens on the service's port once its processes are gone: the error says
     # which port and who holds it, instead of only that the wait timed out.
     with socket.socket() as listener:
