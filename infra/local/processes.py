@@ -39,6 +39,10 @@ class Service:
     # True when the marker is unique to this stack (Ray's private temp dir), so marked processes
     # are ours even outside the recorded group (Ray workers may sit in groups of their own).
     marker_unique: bool = False
+    # Seconds since boot just before launch (Linux): unlike ``started`` this does not move when the
+    # wall clock is stepped, so a clock jump cannot hide the service's processes from ``down``.
+    # None in records written before it existed, and where the platform has no boot clock.
+    started_since_boot: float | None = None
 
 
 def free_port() -> int:
@@ -98,7 +102,7 @@ def launch(
     The process may exit with status 0 and leave its daemons running (``ray start``); any other
     exit before ``check`` passes fails at once instead of waiting out ``timeout``.
     """
-    started = time.time()
+    started, started_since_boot = time.time(), since_boot()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             cmd,
@@ -108,7 +112,7 @@ def launch(
             env=env,
             start_new_session=True,
         )
-    service = Service(name, proc.pid, started, marker, ports, marker_unique)
+    service = Service(name, proc.pid, started, marker, ports, marker_unique, started_since_boot)
     deadline = time.monotonic() + timeout
     while not check():
         rc = proc.poll()
@@ -127,7 +131,7 @@ def service_processes(service: Service) -> list[psutil.Process]:
     by_group: dict[int, list[tuple[psutil.Process, bool]]] = {}
     for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
         try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["create_time"] < service.started - 1:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or _older(proc, service):
                 continue
             pgid = os.getpgid(proc.pid)
         except (OSError, psutil.Error):
@@ -148,6 +152,35 @@ def service_processes(service: Service) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return [p for p in ours.values() if _alive(p)]
+
+
+def since_boot() -> float | None:
+    """Seconds since boot on the clock ``/proc/<pid>/stat`` counts process start in; None off Linux."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(clock) if clock is not None and Path("/proc/self/stat").exists() else None
+
+
+def _started_since_boot(pid: int) -> float | None:
+    """When ``pid`` started, seconds since boot (field 22 of ``/proc/<pid>/stat``); None if unreadable.
+
+    psutil's ``create_time`` adds this to the boot time derived from the wall clock, so a stepped
+    clock moves every process's start time with it; read the boot-relative figure instead.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # fields[0] is field 3 (state)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _older(proc: psutil.Process, service: Service) -> bool:
+    """Whether ``proc`` started before ``service`` was launched (so cannot be one of its processes):
+    on the boot clock where both sides have it, else on the wall clock; 1 s of slack either way."""
+    if service.started_since_boot is not None:
+        start = _started_since_boot(proc.pid)
+        if start is not None:
+            return start < service.started_since_boot - 1
+    return proc.info["create_time"] < service.started - 1
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -69,3 +69,22 @@ def test_a_port_left_open_after_the_processes_end_is_named():
         ghost = processes.Service("ghost", 2**22 + 7, time.time(), f"marker-{uuid.uuid4().hex}", [port])
         with pytest.raises(processes.StackError, match=rf"ports \[{port}\].*{port}: pid {os.getpid()}"):
             processes.stop_service(ghost, ports_s=0.5)
+
+
+@pytest.mark.skipif(processes.since_boot() is None, reason="needs Linux's boot clock and /proc")
+def test_a_stepped_wall_clock_neither_hides_our_processes_nor_adopts_older_ones(tmp_path):
+    # The VM's clock was stepped back after launch: on the wall clock the service's own process now
+    # looks older than the service. The boot clock does not move, so it is still found (and stopped).
+    service = _launch_sleeper(tmp_path, f"marker-{uuid.uuid4().hex}")
+    try:
+        assert service.started_since_boot is not None
+        service.started += 3600.0
+        assert [p.pid for p in processes.service_processes(service)] == [service.pgid]
+        # A process that started before the service is not ours, however the wall clock reads.
+        later = processes.Service(
+            "sleeper", service.pgid, 0.0, service.marker, [], started_since_boot=processes.since_boot() + 5.0
+        )
+        assert processes.service_processes(later) == []
+    finally:
+        processes.stop_service(service)
+    assert not _alive(service.pgid)
