@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from infra.local import processes
 from pipelines.avfit import shards
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples
 from pipelines.config import load_config
@@ -53,7 +54,9 @@ def test_four_nodes_stream_and_train(s3_server, mlflow_server, tmp_path, monkeyp
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True})
+    # A free dashboard port, not Ray's default: a local stack left running holds 8265.
+    head = {"num_cpus": 2, "include_dashboard": True, "dashboard_port": processes.free_port()}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     for _ in range(3):
         cluster.add_node(num_cpus=2)
     try:
