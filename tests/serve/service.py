@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,26 @@ def replicas(service: Service) -> dict[str, set[tuple[str, str, int]]]:
         }
         for name, deployment in app["deployments"].items()
     }
+
+
+def settled_replicas(service: Service, timeout_s: float = 180.0) -> dict[str, set[tuple[str, str, int]]]:
+    """:func:`replicas` once every deployment runs as many replicas as it targets: the service
+    answers as soon as one ingress replica runs, and on a loaded machine the second may still be
+    starting, to be counted later as though it were new. Raises when they do not settle in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        deployments = serve_details(service)["applications"]["meerkat"]["deployments"]
+        running = {
+            name: sum(r["state"] == "RUNNING" for r in d["replicas"]) for name, d in deployments.items()
+        }
+        targets = {name: d["target_num_replicas"] for name, d in deployments.items()}
+        if running == targets:
+            return replicas(service)
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"replicas not settled after {timeout_s:.0f} s: running {running}, target {targets}"
+            )
+        time.sleep(1.0)
 
 
 def batch_stats(stack: Any, service: Service) -> dict[int, int]:

@@ -352,7 +352,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def replicas_before(meerkat_service):
-    return service.replicas(meerkat_service)
+    return service.settled_replicas(meerkat_service)
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def _chat(scene, text, model):
 
 @pytest.fixture(scope="module")
 def replicas_at_start(meerkat_service):
-    return service.replicas(meerkat_service)
+    return service.settled_replicas(meerkat_service)
 
 
 @pytest.fixture(scope="module")
