@@ -172,14 +172,13 @@ def serve_details(service: Service) -> dict[str, Any]:
 
 def replicas(service: Service) -> dict[str, set[tuple[str, str, int]]]:
     """Per deployment of the application: its running replicas as (replica id, actor id, pid)."""
-    app = serve_details(service)["applications"]["meerkat"]
+    return _running(serve_details(service)["applications"]["meerkat"]["deployments"])
+
+
+def _running(deployments: dict[str, Any]) -> dict[str, set[tuple[str, str, int]]]:
     return {
-        name: {
-            (r["replica_id"], r["actor_id"], r["pid"])
-            for r in deployment["replicas"]
-            if r["state"] == "RUNNING"
-        }
-        for name, deployment in app["deployments"].items()
+        name: {(r["replica_id"], r["actor_id"], r["pid"]) for r in d["replicas"] if r["state"] == "RUNNING"}
+        for name, d in deployments.items()
     }
 
 
@@ -195,7 +194,7 @@ def settled_replicas(service: Service, timeout_s: float = 180.0) -> dict[str, se
         }
         targets = {name: d["target_num_replicas"] for name, d in deployments.items()}
         if running == targets:
-            return replicas(service)
+            return _running(deployments)
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"replicas not settled after {timeout_s:.0f} s: running {running}, target {targets}"
