@@ -23,24 +23,23 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import tarfile
 from collections import defaultdict
 
 from meerkat_core import metrics
 from pipelines import storage
+from pipelines.avfit import shards
+from pipelines.avfit.sample import read_meta
 
 
 def shard_metas(data_uri: str) -> dict[str, dict]:
     """Every sample's metadata in the split at ``data_uri``, by key."""
     metas = {}
-    for uri in storage.list_prefix(data_uri):
-        if not uri.endswith(".tar"):
-            continue
+    for uri in shards.shard_uris(data_uri):
         with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(uri))) as tar:
             for member in tar.getmembers():
                 if member.name.endswith(".json"):
-                    metas[member.name[: -len(".json")]] = json.loads(tar.extractfile(member).read())
+                    metas[member.name[: -len(".json")]] = read_meta(tar.extractfile(member).read())
     return metas
 
 

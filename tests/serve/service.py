@@ -183,21 +183,23 @@ def _running(deployments: dict[str, Any]) -> dict[str, set[tuple[str, str, int]]
 
 
 def settled_replicas(service: Service, timeout_s: float = 180.0) -> dict[str, set[tuple[str, str, int]]]:
-    """:func:`replicas` once every deployment runs as many replicas as it targets: the service
-    answers as soon as one ingress replica runs, and on a loaded machine the second may still be
-    starting, to be counted later as though it were new. Raises when they do not settle in time."""
+    """:func:`replicas` once every deployment runs as many replicas as it targets.
+
+    A replica that is starting or being replaced when a test takes its "before" snapshot would read
+    as new afterwards (seen on a loaded machine: one of the two ingress replicas missing from the
+    snapshot, present later beside the first). Raises when they do not settle in ``timeout_s``.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         deployments = serve_details(service)["applications"]["meerkat"]["deployments"]
-        running = {
-            name: sum(r["state"] == "RUNNING" for r in d["replicas"]) for name, d in deployments.items()
-        }
+        running = _running(deployments)
+        counts = {name: len(members) for name, members in running.items()}
         targets = {name: d["target_num_replicas"] for name, d in deployments.items()}
-        if running == targets:
-            return _running(deployments)
+        if counts == targets:
+            return running
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"replicas not settled after {timeout_s:.0f} s: running {running}, target {targets}"
+                f"replicas not settled after {timeout_s:.0f} s: running {counts}, target {targets}"
             )
         time.sleep(1.0)
 
