@@ -2,7 +2,8 @@
 
     ray job submit -- python -m pipelines.ablate data=s3://meerkat/avfit [steps=300] \\
         ['variants=[full, no_ot, no_ac, lora4, lora16, full_ft, tasks_arig, tasks_arig_igatl]'] \\
-        [ablation=<id of an earlier ablation, to add these variants to it>]
+        [ablation=<id of an earlier ablation, to add these variants to it>] \\
+        ['data_variants={<name>: <AVFIT root to train that variant on>}']
 
 The job is :func:`run` of an :class:`AblateConfig` (``pipelines/configs/ablate.yaml`` and dotted
 overrides, as every job). :data:`VARIANTS` is the one list of the variants: each is the training
@@ -16,6 +17,9 @@ config ``train_config`` (``pipelines/configs/tiny.yaml``) with its dotted overri
 * ``no_time_stamps``: audio tokens without the time tokens' embeddings, and the time tokens' rows
   with the plain harmonics (``model.audio_time_stamps = false``, as in the paper); ``no_time_map``:
   no time map (``model.audio_time_map = false``, as in the paper); ``no_time``: neither;
+* data ablations (``data_variants``): ``full``'s recipe trained on another AVFIT root's train split,
+  e.g. the procedural world built with one of its knobs set otherwise, evaluated on ``data``'s test
+  split beside the rest;
 * Fig. 4, LLM fine-tuning: ``lora4``, ``lora16``, ``lora32`` (``full`` uses the tiny preset's rank)
   and ``full_ft`` (the whole LLM trained, ``lora.r = 0``).
 
@@ -86,11 +90,27 @@ class AblateConfig:
     evaluated under that id, read from MLflow); ``None``: a new id."""
     eval: dict[str, Any] = field(default_factory=dict)
     """Further fields of each variant's ``EvaluateConfig`` (``eval.actors=2``)."""
+    data_variants: dict[str, str] = field(default_factory=dict)
+    """Data ablations, run after ``variants``: a variant name -> an AVFIT root whose ``train/`` split
+    that variant trains on, with the training config of ``full``; evaluated on ``data``'s test split
+    like every variant. For a change to the data itself, e.g. the procedural world built with one
+    knob set otherwise: ``'data_variants={whose_off: s3://meerkat/avfit-plain}'``."""
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown ablation variant(s) {unknown}; known: {list(VARIANTS)}")
+        taken = sorted(set(self.data_variants) & set(VARIANTS))
+        if taken:
+            raise ValueError(f"data variant name(s) {taken} are config variants' names; pick others")
+        empty = sorted(name for name, root in self.data_variants.items() if not root)
+        if empty:
+            raise ValueError(f"data variant(s) {empty} name no AVFIT root")
+
+    @property
+    def all_variants(self) -> tuple[str, ...]:
+        """The config variants, then the data variants: the order they run in."""
+        return (*self.variants, *self.data_variants)
 
 
 def new_ablation_id() -> str:
@@ -104,18 +124,20 @@ def variant_train_config(cfg: AblateConfig, ablation: str, variant: str) -> Trai
     from pipelines.config import load_config
 
     name = f"{ablation}-{variant}"
+    root = cfg.data_variants.get(variant, cfg.data)
+    overrides = () if variant in cfg.data_variants else VARIANTS[variant]
     return load_config(
         train.TrainJobConfig,
         cfg.train_config,
         [
             f"name={name}",
-            f"data.uri={cfg.data}/train",
+            f"data.uri={root}/train",
             f"storage_uri={cfg.storage_uri}",
             f"optim.max_steps={cfg.steps}",
             f"mlflow.register_as={name}",
             f"mlflow.experiment={cfg.experiment}",
             f"mlflow.tags={{meerkat.ablation: {ablation}, meerkat.variant: {variant}}}",
-            *VARIANTS[variant],
+            *overrides,
         ],
     )
 
@@ -284,10 +306,11 @@ def run(cfg: AblateConfig) -> dict[str, Any]:
     if not cfg.data:
         raise ValueError("ablate: no data (data=<AVFIT root with train/ and test/>)")
     ablation = cfg.ablation or new_ablation_id()
-    print(f"ablation {ablation}: {len(cfg.variants)} variants, {cfg.steps} steps each", flush=True)
+    variants = cfg.all_variants
+    print(f"ablation {ablation}: {len(variants)} variants, {cfg.steps} steps each", flush=True)
     eval_ids = []
-    for i, variant in enumerate(cfg.variants, 1):
-        print(f"\n=== [{i}/{len(cfg.variants)}] {variant}", flush=True)
+    for i, variant in enumerate(variants, 1):
+        print(f"\n=== [{i}/{len(variants)}] {variant}", flush=True)
         train_cfg = variant_train_config(cfg, ablation, variant)
         trained = train.run(train_cfg)
         model_ref = f"models:/{train_cfg.mlflow.register_as}/{trained['registered_version']}"

@@ -92,3 +92,36 @@ def test_run_composes_train_evaluate_and_compare_as_functions(monkeypatch):
     assert ablate.run(_cfg("data=d", "variants=[full]"))["ablation"].startswith("abl-")  # a new id
     with pytest.raises(ValueError, match="no data"):
         ablate.run(_cfg())
+
+
+def test_data_variants_train_the_full_recipe_on_their_own_root_and_test_on_data():
+    cfg = _cfg("data=s3://b/plain", "variants=[full]", "data_variants={mix: s3://b/mix}", "steps=12")
+    assert cfg.all_variants == ("full", "mix")
+    full = ablate.variant_train_config(cfg, "abl-x", "full")
+    mix = ablate.variant_train_config(cfg, "abl-x", "mix")
+    assert (full.data.uri, mix.data.uri) == ("s3://b/plain/train", "s3://b/mix/train")
+    assert mix.model == full.model and mix.data.task_weights == full.data.task_weights
+    assert mix.mlflow.tags == {"meerkat.ablation": "abl-x", "meerkat.variant": "mix"}
+    assert ablate.variant_eval_config(cfg, "abl-x", "mix", "models:/m/1").data_uris == ["s3://b/plain/test"]
+    with pytest.raises(ValueError, match="no_ot"):
+        _cfg("data=d", "data_variants={no_ot: s3://b/x}")
+    with pytest.raises(ValueError, match="no AVFIT root"):
+        _cfg("data=d", "data_variants={mix: ''}")
+
+
+def test_run_trains_data_variants_after_the_config_variants(monkeypatch):
+    trained = []
+    monkeypatch.setattr(
+        train,
+        "run",
+        lambda cfg: trained.append(cfg.data.uri) or {"mlflow_run_id": "t", "registered_version": "1"},
+    )
+    monkeypatch.setattr(
+        evaluate,
+        "run",
+        lambda cfg: {"eval_run_id": cfg.tags["meerkat.variant"], "n": 1, "skipped": {}, "results": {}},
+    )
+    monkeypatch.setattr(ablate, "compare", lambda *a, **k: "| table |")
+    out = ablate.run(_cfg("data=s3://b/plain", "variants=[full]", "data_variants={mix: s3://b/mix}"))
+    assert trained == ["s3://b/plain/train", "s3://b/mix/train"]
+    assert out["eval_runs"] == ["full", "mix"]

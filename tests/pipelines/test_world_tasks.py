@@ -133,3 +133,36 @@ def test_fact_check_statements_are_really_true_or_false(samples):
             assert bool(heard & on_screen) == label
         checked += 1
     assert checked >= 20
+
+
+def _easy_facts(**change) -> list[dict]:
+    cfg = dataclasses.replace(_cfg("easy"), min_objects=2, task_weights={"avfact": 4.0}, **change)
+    return [s["json"] for s in iter_samples(cfg, "train", 16, seed=0)]
+
+
+def _named(meta: dict) -> dict:
+    return next(o for o in meta["objects"] if o["class"] == meta["label_text"][0])
+
+
+def test_whose_negatives_name_the_silent_object_at_the_sounds_own_window():
+    metas = _easy_facts(fact_type_weights=(0, 1, 0, 0), whose_negative_prob=1.0)
+    assert {m["fact_type"] for m in metas} == {2}
+    false = [m for m in metas if not m["label"]]
+    assert len(false) >= 16
+    for meta in false:
+        heard = [e["segment"] for e in meta["sound_events"] if e["object"] is not None]
+        assert not _named(meta)["sounds"]
+        assert meta["segments"][0] in heard  # when is right, whose is wrong
+    # without the knob the same scenes' False statements also name the sounding object
+    plain = [m for m in _easy_facts(fact_type_weights=(0, 1, 0, 0)) if not m["label"]]
+    assert any(_named(m)["sounds"] for m in plain)
+
+
+def test_fact_type_weights_set_the_mix_and_each_type_keeps_both_labels():
+    metas = _easy_facts(fact_type_weights=(0, 1, 0, 3))
+    kinds = [m["fact_type"] for m in metas]
+    assert set(kinds) == {2, 4}
+    assert kinds.count(4) > 2 * kinds.count(2)
+    for kind in (2, 4):
+        labels = [m["label"] for m in metas if m["fact_type"] == kind]
+        assert labels.count(True) == labels.count(False)

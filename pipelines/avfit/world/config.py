@@ -72,6 +72,15 @@ class WorldConfig:
     task_weights: Mapping[str, float] = field(default_factory=lambda: dict(_DEFAULT_TASK_WEIGHTS))
     """Expected samples per scene for each task: the whole part is always made, the fraction with
     that probability. Tasks missing here are not made."""
+    fact_type_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    """Relative frequency of fact-check types 1-4 (each scene's fact-checks come in pairs of one
+    type, drawn with these weights)."""
+    whose_negative_prob: float = 0.0
+    """Probability that a False type-2 statement, in a scene with a silent on-screen object, names
+    that silent object at the window of the sounding object's sound: the statement has *when*
+    right and *whose* wrong. Otherwise (and always at 0) the named object is any on-screen object
+    and the window one its own sound does not hold, which in a two-object scene makes such
+    statements a quarter of the False ones."""
 
     def __post_init__(self) -> None:
         if not 2 <= self.n_classes <= len(CLASS_CATALOGUE):
@@ -90,7 +99,7 @@ class WorldConfig:
             raise ValueError("max_sounding must be at least 1")
         if not 1 <= self.min_events <= self.max_events:
             raise ValueError("need 1 <= min_events <= max_events")
-        for name in ("silent_prob", "offscreen_distractor_prob"):
+        for name in ("silent_prob", "offscreen_distractor_prob", "whose_negative_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability")
         times = (self.clip_seconds, self.min_event_seconds, self.max_event_seconds)
@@ -102,6 +111,12 @@ class WorldConfig:
         needed = most_events * ticks(self.min_event_seconds) + (most_events + 1) * MIN_GAP_TICKS
         if needed > ticks(self.clip_seconds):
             raise ValueError(f"{most_events} events of min_event_seconds do not fit in clip_seconds")
+        weights = tuple(float(w) for w in self.fact_type_weights)  # YAML gives a list
+        if len(weights) != 4 or any(not w >= 0.0 for w in weights) or sum(weights) <= 0.0:
+            raise ValueError(
+                f"fact_type_weights needs 4 weights >= 0, not all 0, got {self.fact_type_weights}"
+            )
+        object.__setattr__(self, "fact_type_weights", weights)
         unknown = set(self.task_weights) - set(TASKS)
         if unknown or any(w < 0 for w in self.task_weights.values()):
             raise ValueError(f"task_weights needs keys in {TASKS} and weights >= 0, got {self.task_weights}")

@@ -172,8 +172,18 @@ def _avfact(
         prompt_fields["box"] = box
         fields["boxes"] = [list(box)]
     elif fact_type == 2:
-        index = target if label else int(rng.integers(len(scene.objects)))
-        window = true_window if label else _wrong_window(scene, rng, index)
+        silent = [i for i in range(len(scene.objects)) if i not in sounding]
+        if (
+            not label
+            and silent
+            and scene.config.whose_negative_prob > 0.0
+            and rng.random() < scene.config.whose_negative_prob
+        ):
+            # when right, whose wrong: only a model that binds the named object to the sound says False
+            index, window = silent[int(rng.integers(len(silent)))], true_window
+        else:
+            index = target if label else int(rng.integers(len(scene.objects)))
+            window = true_window if label else _wrong_window(scene, rng, index)
         if window is None:
             return None
         prompt_fields.update(obj=scene.objects[index].name, segment=window)
@@ -293,6 +303,15 @@ def _sample_count(weight: float, rng: np.random.Generator) -> int:
     return whole + int(rng.random() < weight - whole)
 
 
+def _fact_type(weights: tuple[float, ...], rng: np.random.Generator) -> int:
+    """A fact-check type 1-4 drawn with ``weights`` (equal weights take the same draw as always, so
+    a world built without the knob is the same sample for sample)."""
+    if len(set(weights)) == 1:
+        return int(rng.integers(1, 5))
+    p = np.asarray(weights) / sum(weights)
+    return int(rng.choice(4, p=p)) + 1
+
+
 def scene_samples(scene: Scene, scene_id: str, split: str, rng: np.random.Generator) -> list[dict]:
     """Samples of every task in ``scene.config.task_weights`` that the scene supports.
 
@@ -308,7 +327,7 @@ def scene_samples(scene: Scene, scene_id: str, split: str, rng: np.random.Genera
         if task == "avfact":
             for j in range(count):
                 if j % 2 == 0:
-                    fact_type, label = int(rng.integers(1, 5)), bool(rng.integers(2))
+                    fact_type, label = _fact_type(cfg.fact_type_weights, rng), bool(rng.integers(2))
                 drafts.append(_avfact(scene, rng, prng, fact_type, label))
                 label = not label
         else:
