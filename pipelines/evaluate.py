@@ -86,6 +86,7 @@ class EvaluateConfig:
     tasks: tuple[str, ...] | None = None
     """Tasks to evaluate; ``None``: every task in the data."""
     max_samples: int | None = None
+    """Samples of the asked ``tasks`` to evaluate, at most (the first read); ``None``: all."""
     actors: int = 1
     """Model actors generating in parallel (one per GPU on a cluster)."""
     batch_size: int = 8
@@ -356,8 +357,20 @@ def in_paper_split(raw_json: bytes | str | None, paper_splits: dict[str, str]) -
         return True
 
 
-def _read(data_uris: Sequence[str], paper_splits: bool) -> Any:
-    """One Ray dataset of the raw samples of every split directory in ``data_uris``."""
+def in_tasks(raw_json: bytes | str | None, tasks: frozenset[str]) -> bool:
+    """Whether a sample's ``json`` member is of one of ``tasks`` (one that does not parse is kept, for
+    the Answerer to count as bad)."""
+    if raw_json is None:
+        return True
+    try:
+        return json.loads(raw_json).get("task") in tasks
+    except (ValueError, AttributeError):
+        return True
+
+
+def _read(data_uris: Sequence[str], paper_splits: bool, tasks: Sequence[str] | None = None) -> Any:
+    """One Ray dataset of the raw samples of every split directory in ``data_uris``: of ``tasks`` only
+    when given, so that a sample limit counts samples that will be evaluated."""
     from pipelines.data import read_samples
 
     datasets = [read_samples(uri) for uri in data_uris]
@@ -367,6 +380,9 @@ def _read(data_uris: Sequence[str], paper_splits: bool) -> Any:
 
         splits = dict(PAPER_SPLITS)  # captured, so the workers need not import the report module
         ds = ds.filter(lambda row: in_paper_split(row.get("json"), splits))
+    if tasks:
+        wanted = frozenset(tasks)
+        ds = ds.filter(lambda row: in_tasks(row.get("json"), wanted))
     return ds
 
 
@@ -473,7 +489,7 @@ def predict(
 
     skip_counter()
     data_uris = [data_uri] if isinstance(data_uri, str) else list(data_uri)
-    ds = _read(data_uris, paper_splits)
+    ds = _read(data_uris, paper_splits, tasks)
     if max_samples:
         ds = ds.limit(max_samples)
     ds = ds.map_batches(

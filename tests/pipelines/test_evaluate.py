@@ -111,6 +111,14 @@ def test_paper_split_filter():
     assert evaluate.in_paper_split(None, splits)  # left for the Answerer to count as bad
 
 
+def test_task_filter_keeps_the_asked_tasks_and_leaves_bad_json_to_be_counted():
+    wanted = frozenset({"arig", "avfact"})
+    assert evaluate.in_tasks(b'{"task": "avfact"}', wanted)
+    assert not evaluate.in_tasks('{"task": "avc"}', wanted)
+    assert evaluate.in_tasks(None, wanted) and evaluate.in_tasks(b"{not json", wanted)
+    assert evaluate.in_tasks(b"[1, 2]", wanted)  # not a mapping: the Answerer counts it as bad
+
+
 def test_caption_budget_fits_the_longest_reference():
     from meerkat_core.prompts import chat_target
     from meerkat_core.tokenizer import load_tokenizer
@@ -261,14 +269,22 @@ def test_evaluation_job_end_to_end(ray_local, s3_server, mlflow_server, tmp_path
     world_captions += sum(
         s["json"]["task"] == "avc" for s in iter_samples(WORLD_PRESETS["easy"], "test", 5, 11)
     )
-    # the job as a function of its config, as the ablation calls it; the config's tags on the run
+    # the job as a function of its config, as the ablation calls it; the config's tags on the run.
+    # max_samples counts the asked task's samples: all but one of the captions, not the first
+    # samples read (five of every six are other tasks).
     cfg = load_config(
         evaluate.EvaluateConfig,
         CONFIG_DIR / "evaluate.yaml",
-        [f"model=models:/{name}/1", f"data=[{data_uri}, {val_uri}]", "paper_splits=true", "tasks=[avc]"],
+        [
+            f"model=models:/{name}/1",
+            f"data=[{data_uri}, {val_uri}]",
+            "paper_splits=true",
+            "tasks=[avc]",
+            f"max_samples={world_captions - 1}",
+        ],
     )
     out = evaluate.run(dataclasses.replace(cfg, tags={"meerkat.variant": "v"}))
-    assert set(out["results"]["avc"]) == {"world"} and out["n"] == world_captions
+    assert set(out["results"]["avc"]) == {"world"} and out["n"] == world_captions - 1
     assert client.get_run(out["eval_run_id"]).data.tags["meerkat.variant"] == "v"
     params = client.get_run(out["eval_run_id"]).data.params
     assert (params["data.0.uri"], params["data.1.uri"]) == (data_uri, val_uri)
