@@ -125,7 +125,7 @@ def variant_train_config(cfg: AblateConfig, ablation: str, variant: str) -> Trai
 
     name = f"{ablation}-{variant}"
     root = cfg.data_variants.get(variant, cfg.data)
-    overrides = () if variant in cfg.data_variants else VARIANTS[variant]
+    overrides = VARIANTS["full" if variant in cfg.data_variants else variant]
     return load_config(
         train.TrainJobConfig,
         cfg.train_config,

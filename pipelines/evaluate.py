@@ -363,9 +363,10 @@ def in_tasks(raw_json: bytes | str | None, tasks: frozenset[str]) -> bool:
     if raw_json is None:
         return True
     try:
-        return json.loads(raw_json).get("task") in tasks
+        task = json.loads(raw_json).get("task")
     except (ValueError, AttributeError):
         return True
+    return not isinstance(task, str) or task in tasks
 
 
 def _read(data_uris: Sequence[str], paper_splits: bool, tasks: Sequence[str] | None = None) -> Any:

@@ -117,6 +117,7 @@ def test_task_filter_keeps_the_asked_tasks_and_leaves_bad_json_to_be_counted():
     assert not evaluate.in_tasks('{"task": "avc"}', wanted)
     assert evaluate.in_tasks(None, wanted) and evaluate.in_tasks(b"{not json", wanted)
     assert evaluate.in_tasks(b"[1, 2]", wanted)  # not a mapping: the Answerer counts it as bad
+    assert evaluate.in_tasks(b'{"task": ["arig"]}', wanted)  # nor is a task that is not a name
 
 
 def test_caption_budget_fits_the_longest_reference():

@@ -18,6 +18,8 @@ from pipelines.avfit.world import WorldConfig
         {"fact_type_weights": (1, 1, 1)},
         {"fact_type_weights": (0, 0, 0, 0)},
         {"fact_type_weights": (1, -1, 1, 1)},
+        {"fact_type_weights": (1, float("inf"), 1, 1)},
+        {"fact_type_weights": {1: 1, 2: 1, 3: 1, 4: 1}},
         {"whose_negative_prob": 1.5},
     ],
 )

@@ -14,6 +14,7 @@ import soundfile as sf
 from meerkat_core.grounding import box_iou, format_box, format_segment
 from pipelines.avfit.sample import TASKS, validate_key, validate_meta
 from pipelines.avfit.world import WORLD_PRESETS, WorldConfig, iter_samples
+from pipelines.avfit.world.tasks import _fact_type
 
 SR = 16000
 N_SCENES = 24
@@ -102,9 +103,18 @@ def test_arig_and_igatl_answers_are_the_sounding_object(samples):
             assert meta["segments"] == _events_of(meta, meta["label_text"][0])
 
 
-def test_fact_check_statements_are_really_true_or_false(samples):
+@pytest.fixture(scope="module")
+def hard_whose_samples() -> list[dict]:
+    """The hard world (distractors, several sounding objects, silent scenes), every False type-2
+    statement that can name a silent object doing so."""
+    cfg = dataclasses.replace(_cfg("hard"), whose_negative_prob=1.0, fact_type_weights=(1, 3, 1, 1))
+    return list(iter_samples(cfg, "train", N_SCENES, seed=0))
+
+
+@pytest.mark.parametrize("world", ["samples", "hard_whose_samples"])
+def test_fact_check_statements_are_really_true_or_false(world, request):
     checked = 0
-    for meta in (s["json"] for s in samples if s["json"]["task"] == "avfact"):
+    for meta in (s["json"] for s in request.getfixturevalue(world) if s["json"]["task"] == "avfact"):
         sounding = [(i, o) for i, o in enumerate(meta["objects"]) if o["sounds"]]
         label, kind = meta["label"], meta["fact_type"]
         assert meta["answer"] == ("True" if label else "False")
@@ -166,3 +176,14 @@ def test_fact_type_weights_set_the_mix_and_each_type_keeps_both_labels():
     for kind in (2, 4):
         labels = [m["label"] for m in metas if m["fact_type"] == kind]
         assert labels.count(True) == labels.count(False)
+
+
+def test_equal_fact_type_weights_take_the_draw_worlds_were_built_with():
+    """Worlds built before the knob are the same sample for sample: equal weights of any scale
+    draw the type as ``integers(1, 5)`` did, leaving the stream where it left it."""
+    for weights in [(1.0,) * 4, (2.5,) * 4]:
+        ours, old = np.random.default_rng(7), np.random.default_rng(7)
+        assert [_fact_type(weights, ours) for _ in range(50)] == [int(old.integers(1, 5)) for _ in range(50)]
+        assert ours.random() == old.random()
+    skewed = np.random.default_rng(7)
+    assert {_fact_type((0.0, 1.0, 0.0, 1.0), skewed) for _ in range(50)} == {2, 4}

@@ -9,6 +9,7 @@ can be wrong without doubt.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -79,8 +80,9 @@ class WorldConfig:
     """Probability that a False type-2 statement, in a scene with a silent on-screen object, names
     that silent object at the window of the sounding object's sound: the statement has *when*
     right and *whose* wrong. Otherwise (and always at 0) the named object is any on-screen object
-    and the window one its own sound does not hold, which in a two-object scene makes such
-    statements a quarter of the False ones."""
+    and the window one its own sound does not hold, which in a two-object scene with one sound
+    makes such statements about a quarter of the False ones. At 1, False statements with a wrong
+    window are left only to scenes without a silent object."""
 
     def __post_init__(self) -> None:
         if not 2 <= self.n_classes <= len(CLASS_CATALOGUE):
@@ -111,8 +113,14 @@ class WorldConfig:
         needed = most_events * ticks(self.min_event_seconds) + (most_events + 1) * MIN_GAP_TICKS
         if needed > ticks(self.clip_seconds):
             raise ValueError(f"{most_events} events of min_event_seconds do not fit in clip_seconds")
+        if not isinstance(self.fact_type_weights, (tuple, list)):
+            raise ValueError(f"fact_type_weights needs a list of 4 weights, got {self.fact_type_weights!r}")
         weights = tuple(float(w) for w in self.fact_type_weights)  # YAML gives a list
-        if len(weights) != 4 or any(not w >= 0.0 for w in weights) or sum(weights) <= 0.0:
+        if (
+            len(weights) != 4
+            or not all(math.isfinite(w) and w >= 0.0 for w in weights)
+            or sum(weights) <= 0.0
+        ):
             raise ValueError(
                 f"fact_type_weights needs 4 weights >= 0, not all 0, got {self.fact_type_weights}"
             )

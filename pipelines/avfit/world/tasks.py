@@ -315,9 +315,9 @@ def _fact_type(weights: tuple[float, ...], rng: np.random.Generator) -> int:
 def scene_samples(scene: Scene, scene_id: str, split: str, rng: np.random.Generator) -> list[dict]:
     """Samples of every task in ``scene.config.task_weights`` that the scene supports.
 
-    Keys are ``f"{scene_id}-{task}-{n}"``. Fact-check samples come in pairs of one random type with
-    opposite labels (random order), so True and False are balanced within each type to within one
-    per scene.
+    Keys are ``f"{scene_id}-{task}-{n}"``. Fact-check samples come in pairs of one type (drawn with
+    ``fact_type_weights``) with opposite labels (random order), so True and False are balanced
+    within each type to within one per scene.
     """
     cfg = scene.config
     prng = random.Random(int(rng.integers(2**63)))
