@@ -121,7 +121,6 @@ class Answerer:
     def __init__(
         self,
         model_ref: str,
-        tasks: Sequence[str] | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         tracking_uri: str | None = None,
     ) -> None:
@@ -146,11 +145,7 @@ class Answerer:
         self.device = torch.device("cuda" if gpus else "cpu")
         self.model = registry.load(model_ref, device=str(self.device))
         self.prep = SamplePreprocessor(self.model.config, self.model.tokenizer)
-        self.tasks = set(tasks or ())
         self.max_new_tokens = max_new_tokens
-
-    def _wanted(self, meta: dict[str, Any]) -> bool:
-        return not self.tasks or meta["task"] in self.tasks
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Decode each sample (:func:`pipelines.avfit.sample.decode_sample`: a damaged one is skipped
@@ -164,14 +159,11 @@ class Answerer:
             batch["__key__"], batch["jpg"], batch["flac"], batch["json"], strict=True
         ):
             try:
-                decoded = decode_sample(
-                    {"jpg": jpg, "flac": flac, "json": raw}, self.prep, with_answer=False, wanted=self._wanted
-                )
+                decoded = decode_sample({"jpg": jpg, "flac": flac, "json": raw}, self.prep, with_answer=False)
             except CorruptSample as exc:
                 count_skip(counts, key, exc)
                 continue
-            if decoded is None:  # a task not asked for
-                continue
+            assert decoded is not None  # no ``wanted``: every sample decodes or raises
             meta, row = decoded
             rows.append(row)
             keys.append(key)
@@ -345,45 +337,44 @@ def flatten_metrics(results: dict) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def in_paper_split(raw_json: bytes | str | None, paper_splits: dict[str, str]) -> bool:
-    """Whether a sample's ``json`` member is of the split the paper reports for its source
-    (``paper_splits``: ``report.PAPER_SPLITS``; other sources, such as the world, are kept)."""
+def selected(
+    raw_json: bytes | str | None,
+    *,
+    paper_splits: dict[str, str] | None = None,
+    tasks: frozenset[str] | None = None,
+) -> bool:
+    """Whether a sample's ``json`` member is one to evaluate, parsed once: of the split the paper
+    reports for its source (``paper_splits``: ``report.PAPER_SPLITS``; other sources, such as the
+    world, are kept) and of one of ``tasks``. One that does not parse is kept, for the Answerer to
+    count as bad."""
     if raw_json is None:
-        return True  # counted as bad_json by the Answerer
+        return True
     try:
         meta = json.loads(raw_json)
-        return meta.get("split") == paper_splits.get(meta.get("source"), meta.get("split"))
-    except (ValueError, AttributeError):
+        split = meta.get("split")
+        if paper_splits is not None and split != paper_splits.get(meta.get("source"), split):
+            return False
+        task = meta.get("task")
+    except (ValueError, AttributeError, TypeError):
         return True
-
-
-def in_tasks(raw_json: bytes | str | None, tasks: frozenset[str]) -> bool:
-    """Whether a sample's ``json`` member is of one of ``tasks`` (one that does not parse is kept, for
-    the Answerer to count as bad)."""
-    if raw_json is None:
-        return True
-    try:
-        task = json.loads(raw_json).get("task")
-    except (ValueError, AttributeError):
-        return True
-    return not isinstance(task, str) or task in tasks
+    return tasks is None or not isinstance(task, str) or task in tasks
 
 
 def _read(data_uris: Sequence[str], paper_splits: bool, tasks: Sequence[str] | None = None) -> Any:
-    """One Ray dataset of the raw samples of every split directory in ``data_uris``: of ``tasks`` only
-    when given, so that a sample limit counts samples that will be evaluated."""
+    """One Ray dataset of the raw samples of every split directory in ``data_uris`` that
+    :func:`selected` keeps: the paper's splits with ``paper_splits``, ``tasks`` only when given (the
+    one place tasks are chosen, before any sample limit, so the limit counts evaluated samples)."""
     from pipelines.data import read_samples
 
     datasets = [read_samples(uri) for uri in data_uris]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    splits, wanted = None, frozenset(tasks) if tasks else None
     if paper_splits:
         from pipelines.report import PAPER_SPLITS
 
         splits = dict(PAPER_SPLITS)  # captured, so the workers need not import the report module
-        ds = ds.filter(lambda row: in_paper_split(row.get("json"), splits))
-    if tasks:
-        wanted = frozenset(tasks)
-        ds = ds.filter(lambda row: in_tasks(row.get("json"), wanted))
+    if splits is not None or wanted is not None:
+        ds = ds.filter(lambda row: selected(row.get("json"), paper_splits=splits, tasks=wanted))
     return ds
 
 
@@ -447,7 +438,7 @@ def measure_caption_budget(
     for uri in caption_splits(data_uris):
         for shard in shard_uris(uri):
             for raw in iter_json_members(shard):
-                if paper_splits and not in_paper_split(raw, splits):
+                if paper_splits and not selected(raw, paper_splits=splits):
                     continue
                 try:
                     meta = json.loads(raw)
@@ -495,7 +486,7 @@ def predict(
         ds = ds.limit(max_samples)
     ds = ds.map_batches(
         Answerer,
-        fn_constructor_args=(model_ref, tuple(tasks or ()), max_new_tokens, mlflow.get_tracking_uri()),
+        fn_constructor_args=(model_ref, max_new_tokens, mlflow.get_tracking_uri()),
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,

@@ -103,21 +103,23 @@ def test_metric_names_follow_the_convention():
     }
 
 
-def test_paper_split_filter():
+def test_selection_keeps_the_paper_splits_and_asked_tasks_and_leaves_bad_json_to_be_counted():
     splits = {"valor": "val", "vggss": "test"}
-    assert evaluate.in_paper_split(b'{"source": "valor", "split": "val"}', splits)
-    assert not evaluate.in_paper_split(b'{"source": "valor", "split": "test"}', splits)
-    assert evaluate.in_paper_split('{"source": "world", "split": "test"}', splits)  # not in the paper
-    assert evaluate.in_paper_split(None, splits)  # left for the Answerer to count as bad
-
-
-def test_task_filter_keeps_the_asked_tasks_and_leaves_bad_json_to_be_counted():
+    assert evaluate.selected(b'{"source": "valor", "split": "val"}', paper_splits=splits)
+    assert not evaluate.selected(b'{"source": "valor", "split": "test"}', paper_splits=splits)
+    assert evaluate.selected('{"source": "world", "split": "test"}', paper_splits=splits)  # not in the paper
     wanted = frozenset({"arig", "avfact"})
-    assert evaluate.in_tasks(b'{"task": "avfact"}', wanted)
-    assert not evaluate.in_tasks('{"task": "avc"}', wanted)
-    assert evaluate.in_tasks(None, wanted) and evaluate.in_tasks(b"{not json", wanted)
-    assert evaluate.in_tasks(b"[1, 2]", wanted)  # not a mapping: the Answerer counts it as bad
-    assert evaluate.in_tasks(b'{"task": ["arig"]}', wanted)  # nor is a task that is not a name
+    assert evaluate.selected(b'{"task": "avfact"}', tasks=wanted)
+    assert not evaluate.selected('{"task": "avc"}', tasks=wanted)
+    assert not evaluate.selected(
+        b'{"source": "valor", "split": "test", "task": "arig"}', paper_splits=splits, tasks=wanted
+    )
+    assert not evaluate.selected(
+        b'{"source": "valor", "split": "val", "task": "avc"}', paper_splits=splits, tasks=wanted
+    )
+    # left for the Answerer to count as bad: no member, not JSON, not a mapping, a task that is no name
+    for raw in [None, b"{not json", b"[1, 2]", b'{"task": ["arig"]}', b'{"source": ["x"], "split": "test"}']:
+        assert evaluate.selected(raw, paper_splits=splits, tasks=wanted)
 
 
 def test_caption_budget_fits_the_longest_reference():
@@ -425,8 +427,8 @@ def test_caption_budget_reads_only_caption_splits_json_and_the_tokenizer(
 
 
 def test_answerer_skips_and_counts_damaged_samples_and_answers_the_rest(tiny_model_dir, monkeypatch):
-    """The actor outside Ray: the shared decode (a bad json member counted, a task not asked for
-    passed over uncounted), then one generation batch for the kept samples."""
+    """The actor outside Ray: the shared decode (a bad json member counted), then one generation
+    batch for the rest, whatever their task."""
     import numpy as np
 
     from pipelines import data
@@ -445,10 +447,10 @@ def test_answerer_skips_and_counts_damaged_samples_and_answers_the_rest(tiny_mod
             [json.dumps(s["json"]).encode() for s in [*arig, other]] + [b"{not json"], dtype=object
         ),
     }
-    answerer = evaluate.Answerer(str(tiny_model_dir), tasks=("arig",), max_new_tokens=4)
-    out = answerer(batch)
-    assert list(out["__key__"]) == [s["__key__"] for s in arig]
-    assert list(out["task"]) == ["arig", "arig"] and len(out["prediction"]) == 2
+    answerer = evaluate.Answerer(str(tiny_model_dir), max_new_tokens=4)
+    out = answerer(batch)  # every sample it is given: the tasks were chosen at the read (``selected``)
+    assert list(out["__key__"]) == [s["__key__"] for s in [*arig, other]]
+    assert list(out["task"]) == ["arig", "arig", other["json"]["task"]] and len(out["prediction"]) == 3
     assert all(isinstance(text, str) for text in out["prediction"])
-    assert out["attn"].shape[0] == 2
+    assert out["attn"].shape[0] == 3
     assert reported == [{"bad_json": 1}]

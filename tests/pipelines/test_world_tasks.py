@@ -143,6 +143,16 @@ def test_fact_check_statements_are_really_true_or_false(world, request):
             assert bool(heard & on_screen) == label
         checked += 1
     assert checked >= 20
+    if world == "hard_whose_samples":  # the branch under test was taken, with distractors about
+        whose = [
+            m
+            for s in request.getfixturevalue(world)
+            if (m := s["json"])["task"] == "avfact"
+            and m["fact_type"] == 2
+            and not m["label"]
+            and not next(o for o in m["objects"] if o["class"] == m["label_text"][0])["sounds"]
+        ]
+        assert len(whose) >= 5 and any(e["object"] is None for m in whose for e in m["sound_events"])
 
 
 def _easy_facts(**change) -> list[dict]:
