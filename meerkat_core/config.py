@@ -45,6 +45,8 @@ Decisions the paper leaves open, made here (see also the module docstrings they 
   LLM as features of what it covers (:mod:`meerkat_core.regions`). Off in ``paper`` (not in the paper;
   Llama-2 reads coordinates as text), on in ``tiny``, whose random LLM has no pre-trained sense of
   where a written coordinate lies.
+* ``av_match``: how well anything in the picture matches the sound is given to the LLM as features
+  (:mod:`meerkat_core.correspondence`). Off in ``paper`` (not in the paper), on in ``tiny``.
 
 Configs are frozen dataclasses; :func:`from_dict` builds one from nested dicts and fails loudly on
 unknown keys, :func:`to_dict` goes back (for YAML and MLflow params).
@@ -292,6 +294,13 @@ class ModelConfig:
     :meth:`meerkat_core.model.MeerkatModel.encode_media`). Needs a tokenizer with one token per
     time, to read the window off the labels; not in the paper, on in ``tiny``."""
 
+    av_match: bool = False
+    """How well anything in the picture matches the sound (the closest image patch of each audio
+    token by cosine similarity in AVACE's projections, and the spread of AVACE's map) goes to the
+    LLM as features added to every audio token (see :mod:`meerkat_core.correspondence`): the
+    absolute judgement a type-4 fact-check asks for, which AVACE's peak-normalised map cannot give.
+    Not in the paper, on in ``tiny``."""
+
     def __post_init__(self) -> None:
         if self.base_dtype not in BASE_DTYPES:
             raise ValueError(f"base_dtype must be one of {sorted(BASE_DTYPES)}, got {self.base_dtype!r}")
@@ -357,6 +366,7 @@ TINY = ModelConfig(
     region_prompts=True,
     audio_time_stamps=True,
     audio_time_map=True,
+    av_match=True,
 )
 
 PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "paper": PAPER}

@@ -263,6 +263,9 @@ def parameter_counts(config: ModelConfig, *, vocab_rows: int | None = None) -> P
     if config.audio_time_map:
         # time_head (AVACE dim -> 1), time_embed [h], time_where (window start/end x (cos, sin) x 8 -> h)
         adapter += (config.avace.dim + 1) + h + (2 * 2 * 8 + 1) * h
+    if config.av_match:
+        # av_match_proj (correspondence.MATCH_VALUES values x (cos, sin) x 8 -> h)
+        adapter += (3 * 2 * 8 + 1) * h
     return ParameterCounts(
         image_encoder=_clip_params(config),
         audio_encoder=_htsat_params(config),

@@ -50,9 +50,13 @@ writes (igatl's ``[2.3, 5.1]``, read off the labels' time tokens by :func:`answe
 extra batch column is needed; the loss is then ``loss + λ_time · loss_time`` and ``forward``
 returns ``loss_time`` too.
 
+With ``av_match`` (on in ``tiny``), every audio token also gets how well anything in the picture
+matches the sound (:mod:`meerkat_core.correspondence`) through ``av_match_proj`` (zero at init).
+
 Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE, the two projections, the region
-projections, the time stamps' gain and the time map's head, vector and projection. Frozen: both encoders and the LLM's base weights. Saving writes only the trainable
-tensors, in the format :mod:`meerkat_core.checkpoint` owns.
+projections, the time stamps' gain, the time map's head, vector and projection, and ``av_match_proj``.
+Frozen: both encoders and the LLM's base weights. Saving writes only the trainable tensors, in the
+format :mod:`meerkat_core.checkpoint` owns.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from meerkat_core.alignment import ot_loss
 from meerkat_core.attention import AVACE, WHERE_FREQUENCIES, attention_consistency_loss, fourier_features
 from meerkat_core.batching import IGNORE_INDEX
 from meerkat_core.config import ModelConfig
+from meerkat_core.correspondence import MATCH_VALUES, match_values
 from meerkat_core.encoders import (
     AudioEncoder,
     ImageEncoder,
@@ -146,6 +151,8 @@ class MeerkatModel(nn.Module):
             self.time_head = nn.Linear(config.avace.dim, 1)
             self.time_embed = nn.Parameter(torch.zeros(llm_dim))
             self.time_where = zero_linear(2 * 2 * WHERE_FREQUENCIES, llm_dim)
+        if config.av_match:  # see encode_media and meerkat_core.correspondence
+            self.av_match_proj = zero_linear(MATCH_VALUES * 2 * WHERE_FREQUENCIES, llm_dim)
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
         # soft labels of the answer loss (non-persistent: rebuilt from the tokenizer, never saved)
@@ -189,6 +196,10 @@ class MeerkatModel(nn.Module):
                 + prob[..., None].to(aud.dtype) * self.time_embed
                 + self.time_where(fourier_features(window / clip)).to(aud.dtype)[:, None]
             )
+        if self.config.av_match:
+            # how well anything in the picture matches the sound, on every audio token
+            match = match_values(av.img_proj, av.aud_proj, av.attn_map)  # [B, MATCH_VALUES]
+            aud = aud + self.av_match_proj(fourier_features(match)).to(aud.dtype)[:, None]
         return MediaTokens(
             img=self.img_to_llm(img).to(dtype),
             aud=aud.to(dtype),
