@@ -27,8 +27,10 @@ patches of its source, and a sound whose source is absent has no such patches. T
 through sin/cos features (:func:`~meerkat_core.attention.fourier_features`, as the map's box does) and a
 zero-initialised projection (``av_match_proj`` of :class:`~meerkat_core.model.MeerkatModel`, so
 the switch starts as a no-op), and the result is added to every audio token. No loss of its own:
-the answers' cross-entropy reaches the projection, and through the similarities AVACE's
-projections too.
+the answers' cross-entropy reaches the projection, and once that is not zero, AVACE too: its input
+projections through the similarities, and its audio-to-image attention through the map's spread.
+The OT loss never sees a mismatched pair, so nothing but that cross-entropy pushes a mismatched
+pair's similarities down; whether it does is measured by the ablation variant ``no_av_match``.
 """
 
 from __future__ import annotations

@@ -264,7 +264,7 @@ def parameter_counts(config: ModelConfig, *, vocab_rows: int | None = None) -> P
         # time_head (AVACE dim -> 1), time_embed [h], time_where (window start/end x (cos, sin) x 8 -> h)
         adapter += (config.avace.dim + 1) + h + (2 * 2 * 8 + 1) * h
     if config.av_match:
-        # av_match_proj (correspondence.MATCH_VALUES values x (cos, sin) x 8 -> h)
+        # av_match_proj (correspondence.MATCH_VALUES values x (cos, sin) x 8 -> h; numbers as above)
         adapter += (3 * 2 * 8 + 1) * h
     return ParameterCounts(
         image_encoder=_clip_params(config),

@@ -19,8 +19,10 @@ Mixed precision under FSDP: decoder layers, the token embedding and the LLM's ro
 gradients reduced in fp32. AVACE and the projections are their own units with no policy, so they
 keep fp32 parameters and compute: the OT and AC terms are fp32 (the encoders' bf16 tokens are cast
 up in :meth:`~meerkat_core.model.MeerkatModel.encode_media`). The frozen encoders are left to the
-root unit (small next to the LLM: one gather per step, no gradient traffic). The embedding gets a
-unit of its own because the model calls it outside the LLM's forward (to splice media tokens in).
+root unit (small next to the LLM: one gather per step, no gradient traffic), with the few small
+trainable layers of the tiny preset's own switches (the time map's, ``av_match_proj``): fp32 too.
+The embedding gets a unit of its own because the model calls it outside the LLM's forward (to
+splice media tokens in).
 
 Helpers that work the same for both strategies: :func:`grad_sync` (skip the gradient reduction on
 accumulation micro-steps), :func:`clip_grad_norm` (the global norm over all ranks' shards),

@@ -84,7 +84,7 @@ def test_local_shard_views_are_refused_naming_the_tensors_and_nothing_is_copied(
         assert torch.equal(value, before[name]), name
 
 
-def test_checkpoint_of_another_model_is_refused_with_missing_and_unexpected(trained):
+def test_checkpoint_of_another_model_is_refused_with_missing_and_unexpected(trained, tmp_path):
     _, root = trained
     other = build_model(replace_path(TINY, "lora.r", 4), pretrained=False, seed=0)
     with pytest.raises(checkpoint.CheckpointMismatchError, match="wrong shape"):
@@ -92,6 +92,19 @@ def test_checkpoint_of_another_model_is_refused_with_missing_and_unexpected(trai
     no_regions = build_model(replace_path(TINY, "region_prompts", False), pretrained=False, seed=0)
     with pytest.raises(checkpoint.CheckpointMismatchError, match="unexpected: region_box_proj"):
         checkpoint.load_trainable(root / "model", no_regions)
+    # a model saved without the audio-visual match is refused by one with it, and the other way
+    no_match = build_model(replace_path(TINY, "av_match", False), pretrained=False, seed=0)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="unexpected: av_match_proj"):
+        checkpoint.load_trainable(root / "model", no_match)
+    checkpoint.save_model_dir(tmp_path / "no_match", no_match, seed=0, pretrained=False)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="missing: av_match_proj"):
+        checkpoint.load_trainable(tmp_path / "no_match", build_model(TINY, pretrained=False, seed=0))
+    # a model directory written before the switch existed (no av_match key) is read as without it
+    meta_path = tmp_path / "no_match" / checkpoint.CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["model"]["av_match"]
+    meta_path.write_text(json.dumps(meta))
+    assert checkpoint.read_model_spec(tmp_path / "no_match").config == no_match.config
 
 
 def test_resuming_needs_a_training_checkpoint_and_restores_the_optimizer(trained):
