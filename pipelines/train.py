@@ -541,8 +541,52 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _mlflow_run(cfg: TrainJobConfig, params: dict[str, Any], config_yaml: str) -> str:
-    """The MLflow run of this training run: found by tag when resuming, else created with params."""
+def model_changes(recorded: dict[str, Any], model_cfg: ModelConfig) -> list[str]:
+    """``model.<field>: <run's value> -> <this job's>`` for each model field a resumed run would change.
+
+    ``recorded`` is the ``model`` section of the run's ``config/resolved.yaml``; a field added to
+    :class:`~meerkat_core.config.ModelConfig` since the run started reads as its default, the value
+    the run was trained with.
+    """
+    from pipelines.config import flatten
+
+    before = flatten(to_dict(from_dict(ModelConfig, recorded)))
+    after = flatten(to_dict(model_cfg))
+    return [
+        f"model.{k}: {before.get(k)!r} -> {after.get(k)!r}"
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k)
+    ]
+
+
+def _check_resumed_model(run_id: str, cfg: TrainJobConfig, model_cfg: ModelConfig) -> None:
+    """Refuse to resume run ``cfg.name`` with another model than the one it started with, naming the
+    fields, before any worker starts (its checkpoint would be refused too, with less to go on; a
+    change that keeps every shape, a loss weight, would be taken without a word)."""
+    import mlflow
+    import yaml
+
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config/resolved.yaml")
+    except (mlflow.exceptions.MlflowException, OSError) as err:  # no record: the checkpoint check remains
+        logger.warning(
+            "run %s has no config/resolved.yaml to compare with (%s)", cfg.name, type(err).__name__
+        )
+        return
+    changes = model_changes(yaml.safe_load(text)["model"], model_cfg)
+    if changes:
+        raise ValueError(
+            f"training run {cfg.name!r} exists and resuming it would change its model: "
+            + "; ".join(changes)
+            + ". Resubmit with the run's values (e.g. model.<field>=<value>) or under a new name."
+        )
+
+
+def _mlflow_run(
+    cfg: TrainJobConfig, params: dict[str, Any], config_yaml: str, model_cfg: ModelConfig | None = None
+) -> str:
+    """The MLflow run of this training run: found by tag when resuming (refused if ``model_cfg`` is
+    another model than the run's, :func:`model_changes`), else created with params."""
     import mlflow
 
     mlflow.set_experiment(cfg.mlflow.experiment)
@@ -556,6 +600,8 @@ def _mlflow_run(cfg: TrainJobConfig, params: dict[str, Any], config_yaml: str) -
     job_id = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID") or "local"
     if found:
         run_id = found[0].info.run_id
+        if model_cfg is not None:
+            _check_resumed_model(run_id, cfg, model_cfg)
         with mlflow.start_run(run_id=run_id):
             mlflow.set_tags({**cfg.mlflow.tags, "meerkat.last_ray_job": job_id})
         return run_id
@@ -612,7 +658,7 @@ def run(cfg: TrainJobConfig, *, after_step: AfterStep | None = None) -> dict[str
     )
     mlflow.set_tracking_uri(tracking_uri)
     params = {k: v for k, v in flatten(resolved).items() if k != "job.trace_dir"}
-    run_id = _mlflow_run(cfg, params, yaml.safe_dump(resolved, sort_keys=False))
+    run_id = _mlflow_run(cfg, params, yaml.safe_dump(resolved, sort_keys=False), model_cfg)
 
     tokenizer_dir = model_cfg.tokenizer if cfg.pretrained else None
     # Per-operator progress bars turn into thousands of lines in a job's log; the loop logs its own.

@@ -67,6 +67,42 @@ def test_fault_hook_kills_only_the_chosen_rank_at_the_step_on_the_first_attempt(
     assert "fail_at_step" not in {f.name for f in dataclasses.fields(TrainJobConfig)}
 
 
+def test_model_changes_name_each_field_and_read_new_fields_at_their_defaults():
+    from dataclasses import replace
+
+    from meerkat_core.config import PRESETS, to_dict
+    from pipelines.train import model_changes
+
+    tiny = PRESETS["tiny"]
+    assert model_changes(to_dict(tiny), tiny) == []
+    other = replace(tiny, av_match=False, llm_image_pool=1)
+    assert model_changes(to_dict(tiny), other) == [
+        "model.av_match: True -> False",
+        "model.llm_image_pool: 2 -> 1",
+    ]
+    before_the_switch = {k: v for k, v in to_dict(tiny).items() if k != "av_match"}
+    assert model_changes(before_the_switch, tiny) == ["model.av_match: False -> True"]
+
+
+def test_resuming_a_run_with_another_model_is_refused_before_training(mlflow_server, monkeypatch):
+    import mlflow
+    import yaml
+
+    from meerkat_core.config import PRESETS, replace_path, to_dict
+    from pipelines.train import _mlflow_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    cfg = load_config(TrainJobConfig, "pipelines/configs/tiny.yaml", [f"name=resume-{uuid.uuid4().hex[:6]}"])
+    tiny = PRESETS["tiny"]
+    record = yaml.safe_dump({"job": {}, "model": to_dict(tiny)})
+    first = _mlflow_run(cfg, {"model.av_match": True}, record, tiny)
+    assert _mlflow_run(cfg, {}, record, tiny) == first  # the same model: resumed
+    changed = replace_path(tiny, "loss.lambda_ot", 0.5)  # every shape the same: the checkpoint would load
+    with pytest.raises(ValueError, match=r"model\.loss\.lambda_ot: 0\.1 -> 0\.5\. Resubmit"):
+        _mlflow_run(cfg, {}, record, changed)
+
+
 def test_epochs_needed_covers_max_steps_with_a_margin():
     from pipelines.train import epochs_needed
 
