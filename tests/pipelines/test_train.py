@@ -200,23 +200,25 @@ def test_train_job_on_the_local_stack(local_stack):
         assert _history(client, run.info.run_id, key), key
     assert result["registered_version"] == "1"
 
+    # Eight held-out scenes, not one: a 200-step model answering one sample is a coin that lands on a
+    # malformed box now and then; most of eight parsing is what a trained-and-registered model shows.
     probe = (
         "from pipelines import registry\n"
         "from pipelines.avfit.world import iter_samples, WORLD_PRESETS\n"
         "from meerkat_core import batching, grounding\n"
         f"m = registry.load('models:/{name}/1')\n"
-        "s = next(x for x in iter_samples(WORLD_PRESETS['easy'], 'test', 3, 7) if x['json']['task'] == 'arig')\n"
+        "ss = [x for x in iter_samples(WORLD_PRESETS['easy'], 'test', 40, 7) if x['json']['task'] == 'arig'][:8]\n"
         "p = batching.SamplePreprocessor(m.config, m.tokenizer)\n"
-        "b = batching.collate([p(s['image'], s['audio'], s['json'], with_answer=False)], m.tokenizer.pad_token_id, side='left')\n"
-        "text = m.generate(b)[0]\n"
-        "print('ANSWER', repr(text), grounding.parse_box(text))\n"
+        "b = batching.collate([p(s['image'], s['audio'], s['json'], with_answer=False) for s in ss], m.tokenizer.pad_token_id, side='left')\n"
+        "for text in m.generate(b):\n"
+        "    print('ANSWER', repr(text), grounding.parse_box(text) is not None)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
-    answer = [line for line in proc.stdout.splitlines() if line.startswith("ANSWER")]
-    assert proc.returncode == 0 and answer, proc.stdout + proc.stderr
-    assert not answer[0].endswith("None"), answer[0]
+    answers = [line for line in proc.stdout.splitlines() if line.startswith("ANSWER")]
+    assert proc.returncode == 0 and len(answers) == 8, proc.stdout + proc.stderr
+    assert sum(line.endswith("True") for line in answers) >= 6, answers
 
 
 @pytest.mark.slow  # minutes: make test-slow, which CI runs after make test
