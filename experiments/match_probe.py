@@ -1,8 +1,9 @@
 """Does ``av_match`` tell a sound whose source is in the picture from one whose source is not?
 
 In-process, no Ray, a few CPU minutes (about 6 for 300 scenes and a trained model beside the
-untrained one). For the type-4 fact-checks ("is this sound's source in the picture?") of ``--scenes`` held-out scenes of the procedural world's ``easy`` preset with two objects
-(the demo's test split), each sample's :func:`meerkat_core.correspondence.match_values` (best and
+untrained one). For the type-4 fact-checks ("is this sound's source in the picture?") of
+``--scenes`` held-out scenes of the procedural world's ``easy`` preset with two objects (the demo's
+test split), each sample's :func:`meerkat_core.correspondence.match_values` (best and
 mean closest-patch cosine, the map's spread) is computed from the media tokens the model gives the
 LLM, and each value's ROC AUC between the True statements (the clip's own sound) and the False ones
 (a sound of a class absent from the picture) is reported, with the class means. An AUC near 0.5
