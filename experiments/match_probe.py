@@ -4,7 +4,7 @@ In-process, no Ray, a few CPU minutes (about 6 for 300 scenes and a trained mode
 untrained one). For the type-4 fact-checks ("is this sound's source in the picture?") of
 ``--scenes`` held-out scenes of the procedural world's ``easy`` preset with two objects (the demo's
 test split), each sample's :func:`meerkat_core.correspondence.match_values` (best and
-mean closest-patch cosine, the map's spread) is computed from the media tokens the model gives the
+mean closest-patch cosine, the map's spread, the match loss's probability) is computed from the media tokens the model gives the
 LLM, and each value's ROC AUC between the True statements (the clip's own sound) and the False ones
 (a sound of a class absent from the picture) is reported, with the class means. An AUC near 0.5
 means the value carries nothing about type 4; near 1 (or 0), the LLM has what it needs.
@@ -35,7 +35,7 @@ from meerkat_core.builders import build_model, load_model  # noqa: E402
 from meerkat_core.correspondence import match_values  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples  # noqa: E402
 
-VALUES = ("best", "mean", "spread")
+VALUES = ("best", "mean", "spread", "probability")
 
 
 def type4_samples(n_scenes: int, seed: int) -> list[dict]:
@@ -49,7 +49,7 @@ def type4_samples(n_scenes: int, seed: int) -> list[dict]:
 
 
 def values(model, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """``[n, 3]`` match values and ``[n]`` labels (1: the sound's source is in the picture)."""
+    """``[n, 4]`` match values and ``[n]`` labels (1: the sound's source is in the picture)."""
     model.eval()
     pp = SamplePreprocessor(model.config, model.tokenizer)
     out, labels = [], []
@@ -59,7 +59,9 @@ def values(model, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
             media = model.encode_media(
                 torch.from_numpy(row["pixel_values"])[None], torch.from_numpy(row["audio_features"])[None]
             )
-        out.append(match_values(media.img_proj, media.aud_proj, media.attn_map)[0].numpy())
+        out.append(
+            match_values(media.img_proj, media.aud_proj, media.attn_map, model.match_scale_bias)[0].numpy()
+        )
         labels.append(int(bool(s["json"]["label"])))
     return np.stack(out), np.asarray(labels)
 

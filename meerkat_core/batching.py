@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from meerkat_core import grounding, media, prompts
 from meerkat_core.config import ModelConfig
+from meerkat_core.correspondence import class_columns
 
 IGNORE_INDEX = -100
 
@@ -267,7 +268,8 @@ class SamplePreprocessor:
         with_answer: bool = True,
     ) -> dict[str, Any]:
         """Row with ``pixel_values [3,S,S]``, ``audio_features [W,1,T,F]``, ``input_ids``, ``labels``,
-        ``box_mask [g,g]``, ``has_box``, ``ot_pair``, and the prompt's regions (:func:`prompt_regions`):
+        ``box_mask [g,g]``, ``has_box``, ``ot_pair``, the match loss's class columns
+        (:func:`~meerkat_core.correspondence.class_columns`), and the prompt's regions (:func:`prompt_regions`):
         ``region_box [4]`` (in the crop's coordinates) and ``region_pos``, ``segment_feat [2F]``
         (:func:`segment_features`) and ``segment_pos``; a position of -1 means none."""
         img = image if isinstance(image, Image.Image) else media.load_image(image)
@@ -298,6 +300,7 @@ class SamplePreprocessor:
             "box_mask": mask,
             "has_box": bool(mask.any()),
             "ot_pair": bool(meta.get("paired", True)),
+            **class_columns(meta),
             **self.regions(meta["instruction"], mel, img.width, img.height),
         }
 
@@ -327,6 +330,10 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, side: str = "right")
     batch["box_mask"] = torch.from_numpy(np.stack([r["box_mask"] for r in rows]).astype(np.float32))
     batch["has_box"] = torch.tensor([bool(r["has_box"]) for r in rows])
     batch["ot_pair"] = torch.tensor([bool(r["ot_pair"]) for r in rows])
+    if all("classes_known" in r for r in rows):
+        for name in ("image_classes", "sound_classes"):
+            batch[name] = torch.from_numpy(np.stack([np.asarray(r[name], dtype=np.int64) for r in rows]))
+        batch["classes_known"] = torch.tensor([bool(r["classes_known"]) for r in rows])
     if all("region_pos" in r for r in rows):
         # positions index the unpadded prompt; left padding shifts them by the row's pad length
         length = batch["input_ids"].shape[1]

@@ -46,7 +46,9 @@ Decisions the paper leaves open, made here (see also the module docstrings they 
   Llama-2 reads coordinates as text), on in ``tiny``, whose random LLM has no pre-trained sense of
   where a written coordinate lies.
 * ``av_match``: how well anything in the picture matches the sound is given to the LLM as features
-  (:mod:`meerkat_core.correspondence`). Off in ``paper`` (not in the paper), on in ``tiny``.
+  (:mod:`meerkat_core.correspondence`), and ``loss.lambda_match`` (0.5) trains those similarities on
+  every pair of the batch that the samples' classes label, mismatched pairs included. Off in
+  ``paper`` (not in the paper), on in ``tiny``.
 
 Configs are frozen dataclasses; :func:`from_dict` builds one from nested dicts and fails loudly on
 unknown keys, :func:`to_dict` goes back (for YAML and MLflow params).
@@ -236,6 +238,11 @@ class LossConfig:
     ac_eps2: float = 1e-6
     lambda_time: float = 1.0
     """Weight of the time map's loss (``ModelConfig.audio_time_map``; :func:`meerkat_core.model.time_map_loss`)."""
+    lambda_match: float = 0.0
+    """Weight of the match loss (:func:`meerkat_core.correspondence.match_loss`): a sigmoid loss on
+    how well each sound in the batch matches each picture, labelled by the classes the samples list,
+    so that mismatched pairs are pushed apart as the OT loss pulls matching ones together. Needs
+    ``ModelConfig.av_match``; not in the paper (0), on in ``tiny``."""
     number_label_sigma: float = 0.0
     """σ, in steps of the number grid, of Gaussian soft labels for whole-number answer tokens (see
     :mod:`meerkat_core.losses`); 0 is plain cross-entropy. Only a tokenizer with whole-number tokens
@@ -244,7 +251,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.ot_solver not in ("exact", "sinkhorn"):
             raise ValueError(f"ot_solver must be 'exact' or 'sinkhorn', got {self.ot_solver!r}")
-        if self.lambda_ot < 0 or self.lambda_ac < 0 or self.lambda_time < 0:
+        if min(self.lambda_ot, self.lambda_ac, self.lambda_time, self.lambda_match) < 0:
             raise ValueError("loss weights must be >= 0")
         if self.number_label_sigma < 0:
             raise ValueError("number_label_sigma must be >= 0")
@@ -299,9 +306,13 @@ class ModelConfig:
     token by cosine similarity in AVACE's projections, and the spread of AVACE's map) goes to the
     LLM as features added to every audio token (see :mod:`meerkat_core.correspondence`): the
     absolute judgement a type-4 fact-check asks for, which AVACE's peak-normalised map cannot give.
-    Not in the paper, on in ``tiny``."""
+    Not in the paper, on in ``tiny``; ``loss.lambda_match`` trains those similarities."""
 
     def __post_init__(self) -> None:
+        if self.loss.lambda_match > 0 and not self.av_match:
+            raise ValueError(
+                "loss.lambda_match > 0 needs model.av_match (the match loss's scale and bias live there)"
+            )
         if self.base_dtype not in BASE_DTYPES:
             raise ValueError(f"base_dtype must be one of {sorted(BASE_DTYPES)}, got {self.base_dtype!r}")
         if self.image.grid % self.llm_image_pool:
@@ -367,6 +378,7 @@ TINY = ModelConfig(
     audio_time_stamps=True,
     audio_time_map=True,
     av_match=True,
+    loss=LossConfig(lambda_match=0.5),
 )
 
 PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "paper": PAPER}

@@ -39,17 +39,25 @@ picture (ROC AUC between the two after training: best match .48-.52, mean .56-.6
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-MATCH_VALUES = 3
+MATCH_VALUES = 4
 """Values of :func:`match_values` per sample (``av_match_proj`` reads their sin/cos features)."""
 
 
-def match_values(img_proj: torch.Tensor, aud_proj: torch.Tensor, attn_map: torch.Tensor) -> torch.Tensor:
+def match_values(
+    img_proj: torch.Tensor, aud_proj: torch.Tensor, attn_map: torch.Tensor, scale_bias: torch.Tensor
+) -> torch.Tensor:
     """``[B, MATCH_VALUES]`` in [0, 1]: the best and the mean closest-patch cosine similarity of the
     audio tokens ``aud_proj [B, N, d]`` with the image patches ``img_proj [B, M, d]`` (each mapped
-    by ``(1 + s) / 2``), and the mean of AVACE's peak-normalised map ``attn_map [B, h, w]``.
+    by ``(1 + s) / 2``), the mean of AVACE's peak-normalised map ``attn_map [B, h, w]``, and the
+    match loss's probability of the mean similarity (:func:`match_probability` with ``scale_bias``).
 
     In float32 whatever the inputs' dtype (the similarities are near-equal values whose differences matter).
     """
@@ -58,4 +66,105 @@ def match_values(img_proj: torch.Tensor, aud_proj: torch.Tensor, attn_map: torch
         aud = F.normalize(aud_proj.float(), dim=-1, eps=1e-8)
         closest = torch.bmm(aud, img.transpose(1, 2)).amax(dim=-1)  # [B, N]
         spread = attn_map.float().flatten(1).mean(dim=1)  # [B]
-        return torch.stack([(1 + closest.amax(dim=1)) / 2, (1 + closest.mean(dim=1)) / 2, spread], dim=1)
+        mean = closest.mean(dim=1)
+        return torch.stack(
+            [
+                (1 + closest.amax(dim=1)) / 2,
+                (1 + mean) / 2,
+                spread,
+                match_probability(mean, scale_bias.float()),
+            ],
+            dim=1,
+        )
+
+
+# -- the match loss: mismatched pairs seen -------------------------------------------------------
+MATCH_BIAS_INIT = 1.0
+"""Minus the match loss's initial bias: 10 × the mean closest-patch similarity an untrained tiny
+model gives a pair of the procedural world (0.08-0.16), so that its pairs start near probability 1/2."""
+
+CLASS_SLOTS = 8
+"""Classes a sample can name on its image and in its sound (``image_classes`` / ``sound_classes``
+columns); a sample naming more is treated as unlabelled (:func:`class_columns`)."""
+
+
+def class_id(name: str) -> int:
+    """A class name's id in the class columns: 63 bits of its BLAKE2b digest (stable across
+    processes and machines, unlike ``hash``; no vocabulary to ship, and two names of any dataset's
+    few hundred classes share an id with probability ~1e-14)."""
+    digest = hashlib.blake2b(name.strip().lower().encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def class_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The match loss's columns of a sample: ``image_classes [CLASS_SLOTS]`` and ``sound_classes
+    [CLASS_SLOTS]`` (class ids, -1 padded) and ``classes_known``.
+
+    Known where the sample lists what its picture shows (``objects[].class``) and what its clip
+    holds (``sound_events[].class``, an empty list: nothing but noise), as the procedural world's
+    samples do; real sources that list neither leave the sample unlabelled, and the loss then
+    uses only its own pairing (``paired``).
+    """
+    objects, events = meta.get("objects"), meta.get("sound_events")
+    image = sorted({class_id(o["class"]) for o in objects or () if o.get("class")})
+    sound = sorted({class_id(e["class"]) for e in events or () if e.get("class")})
+    known = bool(objects) and events is not None and max(len(image), len(sound)) <= CLASS_SLOTS
+    if not known:
+        image, sound = [], []
+
+    def pad(ids: list[int]) -> np.ndarray:
+        return np.asarray(ids + [-1] * (CLASS_SLOTS - len(ids)), dtype=np.int64)
+
+    return {"image_classes": pad(image), "sound_classes": pad(sound), "classes_known": known}
+
+
+def match_labels(
+    image_classes: torch.Tensor, sound_classes: torch.Tensor, known: torch.Tensor, paired: torch.Tensor
+) -> torch.Tensor:
+    """``[B, B]`` labels of every (image i, sound j) pair of a batch: 1 where something the sound
+    holds is on the picture, 0 where nothing is, -1 where that is not known (left out of the loss).
+
+    Both samples labelled (:func:`class_columns`): from their classes, so other samples' sounds
+    are negatives (or positives) wherever the classes say so. Otherwise only the diagonal is
+    labelled, by the sample's own pairing (``ot_pair``).
+    """
+    img, snd = image_classes[:, None, :, None], sound_classes[None, :, None, :]  # [B,1,K,1], [1,B,1,K]
+    shared = ((img == snd) & (img >= 0)).flatten(2).any(-1)  # [B, B]
+    labels = torch.full(shared.shape, -1, dtype=torch.long, device=shared.device)
+    both = known[:, None] & known[None, :]
+    labels[both] = shared[both].long()
+    diag = torch.arange(len(known), device=shared.device)
+    labels[diag, diag] = torch.where(known, shared[diag, diag], paired.bool()).long()
+    return labels
+
+
+def pair_scores(img_proj: torch.Tensor, aud_proj: torch.Tensor) -> torch.Tensor:
+    """``[B, B]``: for image i and sound j, the mean over j's audio tokens of each one's closest
+    patch of i by cosine similarity (the mean match of :func:`match_values`, for every pair)."""
+    with torch.autocast(img_proj.device.type, enabled=False):
+        img = F.normalize(img_proj.float(), dim=-1, eps=1e-8)
+        aud = F.normalize(aud_proj.float(), dim=-1, eps=1e-8)
+        sims = torch.einsum("imd,jnd->ijnm", img, aud)  # [B_img, B_aud, N, M]
+        return sims.amax(dim=-1).mean(dim=-1)
+
+
+def match_loss(scores: torch.Tensor, labels: torch.Tensor, scale_bias: torch.Tensor) -> torch.Tensor:
+    """Sigmoid (SigLIP-style) loss of the labelled pairs: the mean over pairs with a label of
+    ``softplus(-y · (t · s + b))``, ``y = ±1``, ``t = exp(scale_bias[0])``, ``b = scale_bias[1]``;
+    0 (with a gradient path) where no pair has one.
+
+    Sigmoid rather than softmax (InfoNCE): a type-4 negative's sound has no matching picture in
+    the batch, and two scenes that share a class are both right for the same sound; a per-pair
+    binary loss takes both as they are.
+    """
+    keep = labels >= 0
+    logits = scale_bias[0].exp() * scores + scale_bias[1]
+    if not keep.any():
+        return logits.sum() * 0.0
+    y = labels[keep].float() * 2 - 1
+    return F.softplus(-y * logits[keep]).mean()
+
+
+def match_probability(scores: torch.Tensor, scale_bias: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(t · s + b)``: the match loss's calibrated belief that a sound's source is on the picture."""
+    return torch.sigmoid(scale_bias[0].exp() * scores + scale_bias[1])

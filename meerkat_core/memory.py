@@ -265,7 +265,8 @@ def parameter_counts(config: ModelConfig, *, vocab_rows: int | None = None) -> P
         adapter += (config.avace.dim + 1) + h + (2 * 2 * 8 + 1) * h
     if config.av_match:
         # av_match_proj (correspondence.MATCH_VALUES values x (cos, sin) x 8 -> h; numbers as above)
-        adapter += (3 * 2 * 8 + 1) * h
+        # and the match loss's log-scale and bias
+        adapter += (4 * 2 * 8 + 1) * h + 2
     return ParameterCounts(
         image_encoder=_clip_params(config),
         audio_encoder=_htsat_params(config),

@@ -51,10 +51,15 @@ extra batch column is needed; the loss is then ``loss + λ_time · loss_time`` a
 returns ``loss_time`` too.
 
 With ``av_match`` (on in ``tiny``), every audio token also gets how well anything in the picture
-matches the sound (:mod:`meerkat_core.correspondence`) through ``av_match_proj`` (zero at init).
+matches the sound (:mod:`meerkat_core.correspondence`) through ``av_match_proj`` (zero at init), and
+``forward`` returns ``loss_match`` (:func:`~meerkat_core.correspondence.match_loss` over every
+(image, sound) pair of the batch that :func:`~meerkat_core.correspondence.match_labels` labels, from
+the optional columns ``image_classes``, ``sound_classes`` [B, K] and ``classes_known`` [B], or else
+from ``ot_pair`` on the diagonal); the loss is then ``... + λ_match · loss_match``.
 
 Trainable: LoRA (or the whole LLM when ``lora.r == 0``), AVACE, the two projections, the region
-projections, the time stamps' gain, the time map's head, vector and projection, and ``av_match_proj``.
+projections, the time stamps' gain, the time map's head, vector and projection, ``av_match_proj``
+and the match loss's scale and bias (``match_scale_bias``).
 Frozen: both encoders and the LLM's base weights. Saving writes only the trainable tensors, in the
 format :mod:`meerkat_core.checkpoint` owns.
 """
@@ -76,7 +81,14 @@ from meerkat_core.alignment import ot_loss
 from meerkat_core.attention import AVACE, WHERE_FREQUENCIES, attention_consistency_loss, fourier_features
 from meerkat_core.batching import IGNORE_INDEX
 from meerkat_core.config import ModelConfig
-from meerkat_core.correspondence import MATCH_VALUES, match_values
+from meerkat_core.correspondence import (
+    MATCH_BIAS_INIT,
+    MATCH_VALUES,
+    match_labels,
+    match_loss,
+    match_values,
+    pair_scores,
+)
 from meerkat_core.encoders import (
     AudioEncoder,
     ImageEncoder,
@@ -153,6 +165,9 @@ class MeerkatModel(nn.Module):
             self.time_where = zero_linear(2 * 2 * WHERE_FREQUENCIES, llm_dim)
         if config.av_match:  # see encode_media and meerkat_core.correspondence
             self.av_match_proj = zero_linear(MATCH_VALUES * 2 * WHERE_FREQUENCIES, llm_dim)
+            # the match loss's log-scale and bias (correspondence.match_loss): t = 10 as SigLIP's,
+            # b so that an untrained model's typical pair sits near probability 1/2
+            self.match_scale_bias = nn.Parameter(torch.tensor([math.log(10.0), -MATCH_BIAS_INIT]))
         self.image_token_id = tokenizer.convert_tokens_to_ids(prompts.IMAGE_TOKEN)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompts.AUDIO_TOKEN)
         # soft labels of the answer loss (non-persistent: rebuilt from the tokenizer, never saved)
@@ -198,7 +213,9 @@ class MeerkatModel(nn.Module):
             )
         if self.config.av_match:
             # how well anything in the picture matches the sound, on every audio token
-            match = match_values(av.img_proj, av.aud_proj, av.attn_map)  # [B, MATCH_VALUES]
+            match = match_values(
+                av.img_proj, av.aud_proj, av.attn_map, self.match_scale_bias
+            )  # [B, MATCH_VALUES]
             aud = aud + self.av_match_proj(fourier_features(match)).to(aud.dtype)[:, None]
         return MediaTokens(
             img=self.img_to_llm(img).to(dtype),
@@ -341,6 +358,19 @@ class MeerkatModel(nn.Module):
             "loss_ac": loss_ac,
             "attn_map": media.attn_map,
         }
+        if self.config.av_match:
+            with contextlib.nullcontext() if lc.lambda_match > 0 else torch.no_grad():
+                labels = (
+                    match_labels(batch["image_classes"], batch["sound_classes"], batch["classes_known"], pair)
+                    if "classes_known" in batch
+                    else torch.where(torch.eye(b, dtype=torch.bool, device=pair.device), pair.long(), -1)
+                )
+                loss_match = match_loss(
+                    pair_scores(media.img_proj, media.aud_proj), labels, self.match_scale_bias
+                )
+            out["loss_match"] = loss_match
+            loss = loss + lc.lambda_match * loss_match
+            out["loss"] = loss
         if media.time_logits is not None:
             with contextlib.nullcontext() if lc.lambda_time > 0 else torch.no_grad():
                 loss_time = time_map_loss(

@@ -17,8 +17,10 @@ config ``train_config`` (``pipelines/configs/tiny.yaml``) with its dotted overri
 * ``no_time_stamps``: audio tokens without the time tokens' embeddings, and the time tokens' rows
   with the plain harmonics (``model.audio_time_stamps = false``, as in the paper); ``no_time_map``:
   no time map (``model.audio_time_map = false``, as in the paper); ``no_time``: neither;
-* ``no_av_match``: audio tokens without how well the picture matches the sound
-  (``model.av_match = false``, as in the paper; :mod:`meerkat_core.correspondence`);
+* ``no_av_match``: audio tokens without how well the picture matches the sound, and no match
+  loss (``model.av_match = false``, ``model.loss.lambda_match = 0``, as in the paper;
+  :mod:`meerkat_core.correspondence`); ``no_match_loss``: the match features without the loss
+  that sees mismatched pairs (``model.loss.lambda_match = 0``);
 * data ablations (``data_variants``): ``full``'s recipe trained on another AVFIT root's train split,
   e.g. the procedural world built with one of its knobs set otherwise, evaluated on ``data``'s test
   split beside the rest;
@@ -56,7 +58,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_time_stamps": ("model.audio_time_stamps=false",),
     "no_time_map": ("model.audio_time_map=false",),
     "no_time": ("model.audio_time_stamps=false", "model.audio_time_map=false"),
-    "no_av_match": ("model.av_match=false",),
+    "no_av_match": ("model.av_match=false", "model.loss.lambda_match=0.0"),
+    "no_match_loss": ("model.loss.lambda_match=0.0",),
     "no_map_tokens": ("model.avace.map_tokens=false",),
     "no_map_box_tokens": ("model.avace.map_box_tokens=false",),
     "paper_avace": ("model.avace.map_tokens=false", "model.avace.map_box_tokens=false"),

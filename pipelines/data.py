@@ -96,6 +96,7 @@ from webdataset import tariterators
 
 from meerkat_core import batching
 from meerkat_core.config import ModelConfig, to_dict
+from meerkat_core.correspondence import CLASS_SLOTS
 from meerkat_core.media import lean_media, normalise_media
 from meerkat_core.tokenizer import load_tokenizer
 from pipelines import storage
@@ -118,6 +119,9 @@ ROW_COLUMNS = (
     "box_mask",
     "has_box",
     "ot_pair",
+    "image_classes",
+    "sound_classes",
+    "classes_known",
     "region_box",
     "region_pos",
     "segment_feat",
@@ -381,7 +385,15 @@ def row_bytes(model_config: ModelConfig) -> int:
     """Bytes of one lean row in the object store (media, box mask, text at its budget)."""
     s, g, a = model_config.image.image_size, model_config.image.grid, model_config.audio
     mel = a.num_windows * a.frames_per_window * a.num_mel_bins * 2
-    return 3 * s * s + mel + g * g * 4 + 2 * model_config.max_text_tokens * 8 + 3 * 3 * 4 + 256
+    return (
+        3 * s * s
+        + mel
+        + g * g * 4
+        + 2 * model_config.max_text_tokens * 8
+        + 3 * 3 * 4
+        + 2 * CLASS_SLOTS * 8
+        + 256
+    )
 
 
 class MeerkatCollate(NumpyBatchCollateFn):

@@ -27,7 +27,7 @@ by its ``meerkat.run_name`` tag).
 
 MLflow (rank 0 logs; metrics every ``log_every`` steps): the resolved config as params and as a
 file; ``train/loss``, ``train/loss_ce``, ``train/loss_ot``, ``train/loss_ac`` (and ``train/loss_time``
-with ``model.audio_time_map``), ``train/lr``,
+with ``model.audio_time_map``, ``train/loss_match`` with ``model.av_match``), ``train/lr``,
 ``train/grad_norm``, ``train/samples_per_s``, ``train/data_wait_frac``, ``train/skipped/<reason>``
 (losses and data wait are means over the ranks), ``train/frozen_shard_fraction/rank<k>``;
 and at the end the model, logged as a pyfunc and registered (``mlflow.register_as``), loadable with
@@ -228,7 +228,8 @@ def _forward_backward(wrapped, batch: dict[str, Any], accum: int, device, sync: 
     with parallel.grad_sync(wrapped, sync), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         out = wrapped(batch)
         (out["loss"] / accum).backward()
-    keys = ("loss", "loss_ce", "loss_ot", "loss_ac", "loss_time")  # loss_time: model.audio_time_map
+    # loss_time: model.audio_time_map; loss_match: model.av_match
+    keys = ("loss", "loss_ce", "loss_ot", "loss_ac", "loss_time", "loss_match")
     return {k: float(out[k].detach()) for k in keys if k in out}
 
 

@@ -29,7 +29,9 @@ avc        ``references``: list of reference captions
 Optional everywhere: ``duration`` (s), ``paired`` (bool, False when the audio was deliberately
 mismatched with the image: such a pair is excluded from the OT loss), ``boxes`` (any task may
 carry the sounding object's box; the AC loss uses it), ``objects`` (procedural world: every
-object's ``class`` and ``box`` and whether it ``sounds``), ``label_text`` (class names),
+object's ``class`` and ``box`` and whether it ``sounds``), ``sound_events`` (procedural world:
+each event's ``class``, ``segment`` and on-screen ``object``, or an empty list; with ``objects``,
+what the match loss labels its pairs by), ``label_text`` (class names),
 ``annotator_boxes`` (arig: one list of boxes per annotator, where the benchmark scores against their
 consensus, Flickr-SoundNet), ``clip_id`` (igatl: the clip the rows of one video share, for the
 per-video LLP protocol).

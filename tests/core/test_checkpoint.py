@@ -93,7 +93,8 @@ def test_checkpoint_of_another_model_is_refused_with_missing_and_unexpected(trai
     with pytest.raises(checkpoint.CheckpointMismatchError, match="unexpected: region_box_proj"):
         checkpoint.load_trainable(root / "model", no_regions)
     # a model saved without the audio-visual match is refused by one with it, and the other way
-    no_match = build_model(replace_path(TINY, "av_match", False), pretrained=False, seed=0)
+    no_match_cfg = replace_path(replace_path(TINY, "loss.lambda_match", 0.0), "av_match", False)
+    no_match = build_model(no_match_cfg, pretrained=False, seed=0)
     with pytest.raises(checkpoint.CheckpointMismatchError, match="unexpected: av_match_proj"):
         checkpoint.load_trainable(root / "model", no_match)
     checkpoint.save_model_dir(tmp_path / "no_match", no_match, seed=0, pretrained=False)
@@ -103,6 +104,7 @@ def test_checkpoint_of_another_model_is_refused_with_missing_and_unexpected(trai
     meta_path = tmp_path / "no_match" / checkpoint.CONFIG_FILE
     meta = json.loads(meta_path.read_text())
     del meta["model"]["av_match"]
+    del meta["model"]["loss"]["lambda_match"]
     meta_path.write_text(json.dumps(meta))
     assert checkpoint.read_model_spec(tmp_path / "no_match").config == no_match.config
 

@@ -35,7 +35,12 @@ def test_loss_terms_finite_and_gradients_only_on_trainable(model):
     assert out["loss_ot"] > 0 and out["loss_ac"] > 0
     lc = TINY.loss
     torch.testing.assert_close(
-        out["loss"], out["loss_ce"] + lc.lambda_ot * out["loss_ot"] + lc.lambda_ac * out["loss_ac"]
+        out["loss"],
+        out["loss_ce"]
+        + lc.lambda_ot * out["loss_ot"]
+        + lc.lambda_ac * out["loss_ac"]
+        + lc.lambda_match * out["loss_match"]
+        + lc.lambda_time * out["loss_time"],
     )
     out["loss"].backward()
     reached = {n for n, p in model.named_parameters() if p.grad is not None}
@@ -262,6 +267,7 @@ def test_time_map_loss_is_added_and_off_means_no_head(model):
         out["loss_ce"]
         + lc.lambda_ot * out["loss_ot"]
         + lc.lambda_ac * out["loss_ac"]
+        + lc.lambda_match * out["loss_match"]
         + lc.lambda_time * out["loss_time"],
     )
     from dataclasses import replace

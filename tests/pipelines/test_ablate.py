@@ -36,6 +36,10 @@ def test_variants_change_what_they_name():
     no_ot = resolve_model(ablate.variant_train_config(base, "a", "no_ot").model)
     assert full.loss.lambda_ot > 0 and no_ot.loss.lambda_ot == 0.0
     assert no_ot.loss.lambda_ac == full.loss.lambda_ac
+    no_loss = resolve_model(ablate.variant_train_config(base, "a", "no_match_loss").model)
+    assert full.loss.lambda_match > 0 and no_loss.loss.lambda_match == 0.0 and no_loss.av_match
+    no_match = resolve_model(ablate.variant_train_config(base, "a", "no_av_match").model)
+    assert not no_match.av_match and no_match.loss.lambda_match == 0.0
     only_arig = ablate.variant_train_config(base, "a", "tasks_arig").data
     assert only_arig.tasks == ("arig",) and only_arig.task_weights == {}
     assert resolve_model(ablate.variant_train_config(base, "a", "full_ft").model).lora.r == 0

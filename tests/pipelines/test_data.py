@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from meerkat_core.config import PRESETS
+from meerkat_core.correspondence import CLASS_SLOTS, class_id
 from meerkat_core.tokenizer import load_tokenizer
 from pipelines import data, storage
 from pipelines.avfit import shards
@@ -108,6 +109,11 @@ def test_collate_pads_ragged_text():
     assert batch["attention_mask"].sum(1).tolist() == lengths
     left = data.MeerkatCollate(pad, side="left")(rows)
     assert left["attention_mask"][:, -1].all()
+    # the match loss's class columns: the world lists what each picture shows and each clip holds
+    assert batch["classes_known"].all() and batch["image_classes"].shape == (3, CLASS_SLOTS)
+    for i, s in enumerate(samples):
+        shown = {class_id(o["class"]) for o in s["json"]["objects"]}
+        assert {int(c) for c in batch["image_classes"][i] if c >= 0} == shown
 
 
 def _write_split(uri: str, samples: list[dict], max_count: int = 4) -> dict:

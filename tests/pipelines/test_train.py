@@ -75,13 +75,19 @@ def test_model_changes_name_each_field_and_read_new_fields_at_their_defaults():
 
     tiny = PRESETS["tiny"]
     assert model_changes(to_dict(tiny), tiny) == []
-    other = replace(tiny, av_match=False, llm_image_pool=1)
+    other = replace(tiny, av_match=False, llm_image_pool=1, loss=replace(tiny.loss, lambda_match=0.0))
     assert model_changes(to_dict(tiny), other) == [
         "model.av_match: True -> False",
         "model.llm_image_pool: 2 -> 1",
+        "model.loss.lambda_match: 0.5 -> 0.0",
     ]
+    # a run recorded before either field existed
     before_the_switch = {k: v for k, v in to_dict(tiny).items() if k != "av_match"}
-    assert model_changes(before_the_switch, tiny) == ["model.av_match: False -> True"]
+    before_the_switch["loss"] = {k: v for k, v in before_the_switch["loss"].items() if k != "lambda_match"}
+    assert model_changes(before_the_switch, tiny) == [
+        "model.av_match: False -> True",
+        "model.loss.lambda_match: 0.0 -> 0.5",
+    ]
 
 
 def test_resuming_a_run_with_another_model_is_refused_before_training(mlflow_server, monkeypatch):
