@@ -57,6 +57,7 @@ from meerkat_core import config as cfgmod  # noqa: E402
 from meerkat_core.attention import MAP_BOX_POWER, map_box  # noqa: E402
 from meerkat_core.batching import SamplePreprocessor, ac_boxes, encode_example  # noqa: E402
 from meerkat_core.builders import build_model  # noqa: E402
+from meerkat_core.correspondence import class_columns  # noqa: E402
 from meerkat_core.regions import map_agreement  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, baselines, iter_samples  # noqa: E402
 
@@ -132,6 +133,7 @@ def prepare(samples, model, pp, *, with_answer: bool, log_prefix: str) -> list[d
                 "box_mask": torch.from_numpy(np.asarray(row["box_mask"], np.float32)),
                 "has_box": bool(row["has_box"]),
                 "ot_pair": bool(row["ot_pair"]),
+                **class_columns(meta),  # the match loss's labels
                 **{c: row[c] for c in REGION_COLUMNS},
                 "meta": meta,
             }
@@ -373,9 +375,16 @@ def main(argv=None) -> dict:
     t_start = time.time()
 
     mcfg = cfgmod.replace_path(cfgmod.TINY, "loss.number_label_sigma", args.number_sigma)
+    # all at once, then checked: some fields go together (av_match=false with loss.lambda_match=0)
+    data = cfgmod.to_dict(mcfg)
     for item in args.set:
         k, v = item.split("=", 1)
-        mcfg = cfgmod.replace_path(mcfg, k, parse_value(v))
+        *parents, leaf = k.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = parse_value(v)
+    mcfg = cfgmod.from_dict(cfgmod.ModelConfig, data)
     model = build_model(mcfg, pretrained=False, seed=args.seed)
     pp = SamplePreprocessor(mcfg, model.tokenizer)
 
@@ -461,7 +470,9 @@ def main(argv=None) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
+        for k in ("loss", "loss_ce", "loss_ot", "loss_ac", "loss_match"):
+            if k not in out:
+                continue
             ema[k] = 0.95 * ema.get(k, float(out[k])) + 0.05 * float(out[k])
         if step % 100 == 0:
             print(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from meerkat_core import config as cfgmod  # noqa: E402
 from meerkat_core.batching import SamplePreprocessor  # noqa: E402
 from meerkat_core.builders import build_model, load_model  # noqa: E402
-from meerkat_core.correspondence import match_values  # noqa: E402
+from meerkat_core.correspondence import MATCH_BIAS_INIT, match_values  # noqa: E402
 from pipelines.avfit.world import WORLD_PRESETS, iter_samples  # noqa: E402
 
 VALUES = ("best", "mean", "spread", "probability")
@@ -59,9 +60,11 @@ def values(model, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
             media = model.encode_media(
                 torch.from_numpy(row["pixel_values"])[None], torch.from_numpy(row["audio_features"])[None]
             )
-        out.append(
-            match_values(media.img_proj, media.aud_proj, media.attn_map, model.match_scale_bias)[0].numpy()
-        )
+        # a model without av_match has no match loss scale and bias: the probability at the
+        # loss's initial ones (a monotone map of the mean, so the same AUC)
+        sb = getattr(model, "match_scale_bias", None)
+        sb = sb if sb is not None else torch.tensor([math.log(10.0), -MATCH_BIAS_INIT])
+        out.append(match_values(media.img_proj, media.aud_proj, media.attn_map, sb)[0].numpy())
         labels.append(int(bool(s["json"]["label"])))
     return np.stack(out), np.asarray(labels)
 

@@ -106,8 +106,8 @@ def class_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
     uses only its own pairing (``paired``).
     """
     objects, events = meta.get("objects"), meta.get("sound_events")
-    image = sorted({class_id(o["class"]) for o in objects or () if o.get("class")})
-    sound = sorted({class_id(e["class"]) for e in events or () if e.get("class")})
+    image = sorted({class_id(name) for name in _class_names(objects, "objects")})
+    sound = sorted({class_id(name) for name in _class_names(events, "sound_events")})
     known = bool(objects) and events is not None and max(len(image), len(sound)) <= CLASS_SLOTS
     if not known:
         image, sound = [], []
@@ -116,6 +116,19 @@ def class_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
         return np.asarray(ids + [-1] * (CLASS_SLOTS - len(ids)), dtype=np.int64)
 
     return {"image_classes": pad(image), "sound_classes": pad(sound), "classes_known": known}
+
+
+def _class_names(entries: Any, field: str) -> list[str]:
+    """The ``class`` of each entry of ``meta[field]`` (entries without one are skipped); a
+    ValueError naming the field for anything that is not a list of objects with string classes."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ValueError(f"{field} must be a list of objects")
+    names = [e.get("class") for e in entries if e.get("class") is not None]
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{field}[].class must be a string")
+    return [n for n in names if n.strip()]
 
 
 def match_labels(
@@ -151,7 +164,10 @@ def pair_scores(img_proj: torch.Tensor, aud_proj: torch.Tensor) -> torch.Tensor:
 def match_loss(scores: torch.Tensor, labels: torch.Tensor, scale_bias: torch.Tensor) -> torch.Tensor:
     """Sigmoid (SigLIP-style) loss of the labelled pairs: the mean over pairs with a label of
     ``softplus(-y · (t · s + b))``, ``y = ±1``, ``t = exp(scale_bias[0])``, ``b = scale_bias[1]``;
-    0 (with a gradient path) where no pair has one.
+    0 (with a gradient path) unless the batch holds a labelled match *and* a labelled mismatch.
+    With one kind alone the loss would only move the bias towards it: a stream of real pairs
+    with no mismatches (a source that neither lists classes nor writes ``paired`` False) would
+    drive every pair's probability to 1 and teach nothing.
 
     Sigmoid rather than softmax (InfoNCE): a type-4 negative's sound has no matching picture in
     the batch, and two scenes that share a class are both right for the same sound; a per-pair
@@ -159,7 +175,7 @@ def match_loss(scores: torch.Tensor, labels: torch.Tensor, scale_bias: torch.Ten
     """
     keep = labels >= 0
     logits = scale_bias[0].exp() * scores + scale_bias[1]
-    if not keep.any():
+    if not ((labels == 1).any() and (labels == 0).any()):
         return logits.sum() * 0.0
     y = labels[keep].float() * 2 - 1
     return F.softplus(-y * logits[keep]).mean()

@@ -266,6 +266,8 @@ def parameter_counts(config: ModelConfig, *, vocab_rows: int | None = None) -> P
     if config.av_match:
         # av_match_proj (correspondence.MATCH_VALUES values x (cos, sin) x 8 -> h; numbers as above)
         # and the match loss's log-scale and bias
+        # (4 is correspondence.MATCH_VALUES, written out: this module imports no torch;
+        # tests/core/test_memory.py checks the count against the built model)
         adapter += (4 * 2 * 8 + 1) * h + 2
     return ParameterCounts(
         image_encoder=_clip_params(config),

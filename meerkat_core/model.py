@@ -360,13 +360,15 @@ class MeerkatModel(nn.Module):
         }
         if self.config.av_match:
             with contextlib.nullcontext() if lc.lambda_match > 0 else torch.no_grad():
-                labels = (
-                    match_labels(batch["image_classes"], batch["sound_classes"], batch["classes_known"], pair)
+                pair_labels = (
+                    match_labels(
+                        batch["image_classes"], batch["sound_classes"], batch["classes_known"].bool(), pair
+                    )
                     if "classes_known" in batch
                     else torch.where(torch.eye(b, dtype=torch.bool, device=pair.device), pair.long(), -1)
                 )
                 loss_match = match_loss(
-                    pair_scores(media.img_proj, media.aud_proj), labels, self.match_scale_bias
+                    pair_scores(media.img_proj, media.aud_proj), pair_labels, self.match_scale_bias
                 )
             out["loss_match"] = loss_match
             loss = loss + lc.lambda_match * loss_match

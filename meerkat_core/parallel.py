@@ -20,7 +20,8 @@ gradients reduced in fp32. AVACE and the projections are their own units with no
 keep fp32 parameters and compute: the OT and AC terms are fp32 (the encoders' bf16 tokens are cast
 up in :meth:`~meerkat_core.model.MeerkatModel.encode_media`). The frozen encoders are left to the
 root unit (small next to the LLM: one gather per step, no gradient traffic), with the few small
-trainable layers of the tiny preset's own switches (the time map's, ``av_match_proj``): fp32 too.
+trainable layers of the tiny preset's own switches (the time map's, ``av_match_proj``, the match
+loss's ``match_scale_bias``): fp32 too.
 The embedding gets a unit of its own because the model calls it outside the LLM's forward (to
 splice media tokens in).
 

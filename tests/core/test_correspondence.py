@@ -137,6 +137,11 @@ def test_class_columns_from_the_world_and_unlabelled_elsewhere():
     for meta in ({"label_text": ["dog"]}, _world_meta([f"c{i}" for i in range(CLASS_SLOTS + 1)], ["c0"])):
         cols = class_columns(meta)
         assert not cols["classes_known"] and (cols["image_classes"] == -1).all()
+    # malformed lists: a ValueError naming the field (the readers count such a sample and skip it)
+    with pytest.raises(ValueError, match="objects must be a list of objects"):
+        class_columns({"objects": ["dog"], "sound_events": []})
+    with pytest.raises(ValueError, match=r"sound_events\[\]\.class must be a string"):
+        class_columns(_world_meta(["dog"], []) | {"sound_events": [{"class": 3}]})
 
 
 def test_match_labels_by_hand():
@@ -193,6 +198,9 @@ def test_match_loss_by_hand_and_zero_without_labels():
     sb = SB.clone().requires_grad_()
     none = match_loss(scores, torch.full((2, 2), -1), sb)
     assert none.item() == 0.0 and none.requires_grad  # in the graph for DDP
+    # matches alone (real pairs, nothing mismatched) would only push the bias up: no loss
+    assert match_loss(scores, torch.tensor([[1, -1], [-1, 1]]), sb).item() == 0.0
+    assert match_loss(scores, torch.tensor([[0, 0], [-1, -1]]), sb).item() == 0.0
 
 
 def test_the_match_loss_tells_present_from_absent_once_trained():
