@@ -64,7 +64,7 @@ def values(model, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         # loss's initial ones (a monotone map of the mean, so the same AUC)
         sb = getattr(model, "match_scale_bias", None)
         sb = sb if sb is not None else torch.tensor([math.log(10.0), -MATCH_BIAS_INIT])
-        out.append(match_values(media.img_proj, media.aud_proj, media.attn_map, sb)[0].numpy())
+        out.append(match_values(media.img_proj, media.aud_proj, media.attn_map, sb)[0].detach().numpy())
         labels.append(int(bool(s["json"]["label"])))
     return np.stack(out), np.asarray(labels)
 

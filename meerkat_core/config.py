@@ -303,7 +303,8 @@ class ModelConfig:
 
     av_match: bool = False
     """How well anything in the picture matches the sound (the closest image patch of each audio
-    token by cosine similarity in AVACE's projections, and the spread of AVACE's map) goes to the
+    token by cosine similarity in AVACE's projections, the spread of AVACE's map, and the match
+    loss's probability) goes to the
     LLM as features added to every audio token (see :mod:`meerkat_core.correspondence`): the
     absolute judgement a type-4 fact-check asks for, which AVACE's peak-normalised map cannot give.
     Not in the paper, on in ``tiny``; ``loss.lambda_match`` trains those similarities."""

@@ -18,23 +18,32 @@ So, as the audio-visual correspondence task of self-supervised audio-visual lear
   heard through most of the clip and one heard in a short stretch are told apart;
 * the map's spread: the mean of AVACE's peak-normalised map, ``1 / (M · max_k p_k)`` for its
   distribution ``p`` over the M patches: near ``1/M`` where the audio's attention falls on one
-  place, near 1 where it finds nothing to attend to.
+  place, near 1 where it finds nothing to attend to;
+* the match probability: ``sigmoid(t · s + b)`` of the mean similarity ``s`` with the match loss's
+  learnt scale and bias (below). A monotone map of the mean match, so it carries nothing the mean
+  does not; it is there because it puts the loss's decision threshold at 1/2, where sin/cos features
+  of a value in [0, 1] resolve it, wherever on the cosine scale training moves that threshold.
 
 The similarities are taken between AVACE's trainable projections before any cross-modal mixing
 (``AVACEOutput.img_proj`` / ``aud_proj``), the token sets that the OT loss aligns
-(:mod:`meerkat_core.alignment`) on matching pairs only: a sound's tokens are pulled towards the
-patches of its source, and a sound whose source is absent has no such patches. The three values go
-through sin/cos features (:func:`~meerkat_core.attention.fourier_features`, as the map's box does) and a
-zero-initialised projection (``av_match_proj`` of :class:`~meerkat_core.model.MeerkatModel`, so
-the switch starts as a no-op), and the result is added to every audio token. No loss of its own:
-the answers' cross-entropy reaches the projection, and once that is not zero, AVACE too: its input
-projections through the similarities, and its audio-to-image attention through the map's spread.
-The OT loss never sees a mismatched pair, so nothing but that cross-entropy pushes a mismatched
-pair's similarities down; whether it does is measured by the ablation variant ``no_av_match``.
-Measured so far, it does not: over two seeds the switch moved type 4 by +.03 and -.04, and
-``experiments/match_probe.py`` finds the best match at .99 whether or not the source is in the
-picture (ROC AUC between the two after training: best match .48-.52, mean .56-.60, spread
-.60-.68). A loss that sees mismatched pairs is what would make these values informative.
+(:mod:`meerkat_core.alignment`) on matching pairs only. The values go through sin/cos features
+(:func:`~meerkat_core.attention.fourier_features`, as the map's box does) and a zero-initialised
+projection (``av_match_proj`` of :class:`~meerkat_core.model.MeerkatModel`, so the features start
+as a no-op), and the result is added to every audio token.
+
+**The match loss** (``loss.lambda_match``, 0.5 in ``tiny``). The OT loss never sees a mismatched
+pair: it pulls every audio token of a matching pair towards some patch, and nothing pushed a
+mismatched pair apart. Without this loss the features measured so (``experiments/match_probe.py``,
+two seeds of the 2,700-step schedule): the best match sat at .99 whether or not the source was in
+the picture (ROC AUC between the two .48-.52; mean match .56-.60, spread .60-.68), and the switch
+moved type 4 by +.03 and -.04. :func:`match_loss` is a per-pair sigmoid loss (SigLIP's form) on
+:func:`pair_scores`, the mean match of *every* (image i, sound j) pair of the batch, labelled by
+:func:`match_labels`: 1 where a class heard in j is shown in i, 0 where none is, from the classes
+the samples list (:func:`class_columns`; the procedural world lists them, so a type-4 False pair and
+every other scene's sound whose class is not on the picture are negatives, and another scene's
+sound of a class that *is* on it is a positive). Where a sample lists no classes only its own
+pair is labelled, by its pairing (``paired``). The loss needs a labelled match and a mismatch in
+the batch; the pairs come from each worker's own batch, so a larger per-worker batch sees more.
 """
 
 from __future__ import annotations
@@ -182,5 +191,6 @@ def match_loss(scores: torch.Tensor, labels: torch.Tensor, scale_bias: torch.Ten
 
 
 def match_probability(scores: torch.Tensor, scale_bias: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(t · s + b)``: the match loss's calibrated belief that a sound's source is on the picture."""
+    """``sigmoid(t · s + b)``: the match loss's probability that a sound's source is on the picture
+    (a monotone map of the mean match ``s``, with its threshold at 1/2)."""
     return torch.sigmoid(scale_bias[0].exp() * scores + scale_bias[1])
