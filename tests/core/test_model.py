@@ -24,15 +24,7 @@ def model():
     return build_model(TINY, pretrained=False, seed=0)
 
 
-def test_loss_terms_finite_and_gradients_only_on_trainable(model):
-    model.zero_grad(set_to_none=True)
-    batch = make_batch(
-        model, ["[0.10, 0.20, 0.50, 0.60]", "[0.30, 0.30, 0.90, 0.70]"], boxes=[[[0.1, 0.2, 0.5, 0.6]], None]
-    )
-    out = model(batch)
-    for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
-        assert torch.isfinite(out[k]) and out[k].ndim == 0, k
-    assert out["loss_ot"] > 0 and out["loss_ac"] > 0
+def _assert_loss_is_the_weighted_sum(out: dict) -> None:
     lc = TINY.loss
     torch.testing.assert_close(
         out["loss"],
@@ -42,6 +34,18 @@ def test_loss_terms_finite_and_gradients_only_on_trainable(model):
         + lc.lambda_match * out["loss_match"]
         + lc.lambda_time * out["loss_time"],
     )
+
+
+def test_loss_terms_finite_and_gradients_only_on_trainable(model):
+    model.zero_grad(set_to_none=True)
+    batch = make_batch(
+        model, ["[0.10, 0.20, 0.50, 0.60]", "[0.30, 0.30, 0.90, 0.70]"], boxes=[[[0.1, 0.2, 0.5, 0.6]], None]
+    )
+    out = model(batch)
+    for k in ("loss", "loss_ce", "loss_ot", "loss_ac"):
+        assert torch.isfinite(out[k]) and out[k].ndim == 0, k
+    assert out["loss_ot"] > 0 and out["loss_ac"] > 0
+    _assert_loss_is_the_weighted_sum(out)
     out["loss"].backward()
     reached = {n for n, p in model.named_parameters() if p.grad is not None}
     with_grad = {n for n in reached if dict(model.named_parameters())[n].grad.abs().sum() > 0}
@@ -261,15 +265,7 @@ def test_time_map_loss_is_added_and_off_means_no_head(model):
     batch = make_batch(model, ["[2.3, 5.1]", "[0.10, 0.20, 0.50, 0.60]"])
     out = model(batch)
     assert out["loss_time"] > 0
-    lc = TINY.loss
-    torch.testing.assert_close(
-        out["loss"],
-        out["loss_ce"]
-        + lc.lambda_ot * out["loss_ot"]
-        + lc.lambda_ac * out["loss_ac"]
-        + lc.lambda_match * out["loss_match"]
-        + lc.lambda_time * out["loss_time"],
-    )
+    _assert_loss_is_the_weighted_sum(out)
     from dataclasses import replace
 
     off = build_model(replace(TINY, audio_time_map=False), pretrained=False, seed=0)
