@@ -18,7 +18,8 @@ version the training run registered (:func:`trained_version`) and the evaluation
 the model against its baselines (:func:`evaluation_table`).
 
 Every stage prints what it does and how long it took; a second run reuses the stack, the shards
-(same fingerprint), the registered model (``retrain=true`` to train again) and its evaluation (the
+(same fingerprint), the registered model (``retrain=true`` to train again; trained again too when
+today's training config builds another model, :func:`registered_model_changes`) and its evaluation (the
 demo's evaluation run of that version, found in MLflow). ``make demo-down`` stops the stack, Serve
 included.
 """
@@ -97,6 +98,31 @@ def registered_version(tracking_uri: str, name: str) -> str | None:
     client = mlflow.MlflowClient(tracking_uri)
     versions = client.search_model_versions(f"name = '{name}'")
     return max((v.version for v in versions), key=int) if versions else None
+
+
+def registered_model_changes(tracking_uri: str, name: str, version: str, train_config: str) -> list[str]:
+    """What training with ``train_config`` now would change in the model that version ``version`` of
+    ``name`` was trained as (``pipelines.train.model_changes``: ``model.<field>: <then> -> <now>``).
+
+    A registered model of an older checkout may not load into today's code (a new trainable tensor),
+    so the demo trains again rather than evaluate and serve it. ``[]`` when the same, or when the
+    version's training run left no ``config/resolved.yaml`` to compare with.
+    """
+    import mlflow
+    import yaml
+
+    from pipelines.config import load_config, resolve_model
+    from pipelines.train import TrainJobConfig, model_changes
+
+    client = mlflow.MlflowClient(tracking_uri)
+    run_id = client.get_model_version(name, version).run_id
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(run_id, "config/resolved.yaml", tmp)).read_text()
+    except (mlflow.exceptions.MlflowException, OSError):
+        return []
+    now = resolve_model(load_config(TrainJobConfig, train_config).model)
+    return model_changes(yaml.safe_load(text)["model"], now)
 
 
 def _runs(client, filter_string: str) -> list:
@@ -248,7 +274,17 @@ def run(cfg: DemoConfig) -> dict[str, str]:
 
     t0 = _stage("3/6 training: tiny Meerkat, 2 Ray Train workers, MLflow tracking")
     version = registered_version(config.mlflow_uri, cfg.model_name)
-    if version is None or cfg.retrain:
+    changed = (
+        registered_model_changes(config.mlflow_uri, cfg.model_name, version, cfg.train_config)
+        if version is not None and not cfg.retrain
+        else []
+    )
+    if changed:
+        print(
+            f"model {cfg.model_name} version {version} was trained as another model than "
+            f"{cfg.train_config} gives now ({'; '.join(changed)}): training again"
+        )
+    if version is None or cfg.retrain or changed:
         run_name = f"{cfg.model_name}-{int(time.time())}"
         submit(
             env,

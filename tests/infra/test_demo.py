@@ -44,6 +44,40 @@ def test_trained_version_is_the_one_the_training_run_registered(mlflow_server):
         demo.trained_version(mlflow_server, f"ours-{tag}", f"{model}-other")
 
 
+def test_a_registered_model_of_another_model_config_is_found_changed(mlflow_server):
+    """The demo trains again instead of serving a registered model that today's code would build
+    otherwise (and might not load): the changes are read from the version's training run."""
+    import mlflow
+    import yaml
+
+    from meerkat_core.config import replace_path, to_dict
+    from pipelines.config import load_config, resolve_model
+    from pipelines.train import TrainJobConfig
+
+    train_config = demo.DemoConfig().train_config
+    now = resolve_model(load_config(TrainJobConfig, train_config).model)
+    older = replace_path(replace_path(now, "loss.lambda_match", 0.0), "llm_image_pool", 1)
+    client = mlflow.MlflowClient(mlflow_server)
+    tag = uuid.uuid4().hex[:6]
+    exp = client.create_experiment(f"demo-changes-{tag}")
+    model = f"demo-model-{tag}"
+    client.create_registered_model(model)
+    for cfg in (now, older, None):  # versions 1, 2, 3: the same model, an older one, no record
+        run_id = client.create_run(exp).info.run_id
+        if cfg is not None:
+            client.log_text(
+                run_id, yaml.safe_dump({"job": {}, "model": to_dict(cfg)}), "config/resolved.yaml"
+            )
+        client.create_model_version(model, source=f"runs:/{run_id}/model", run_id=run_id)
+    mlflow.set_tracking_uri(mlflow_server)
+    assert demo.registered_model_changes(mlflow_server, model, "1", train_config) == []
+    assert demo.registered_model_changes(mlflow_server, model, "2", train_config) == [
+        "model.llm_image_pool: 1 -> 2",
+        "model.loss.lambda_match: 0.0 -> 0.5",
+    ]
+    assert demo.registered_model_changes(mlflow_server, model, "3", train_config) == []
+
+
 def test_evaluation_table_is_the_demo_evaluation_runs_artefact(mlflow_server, tmp_path, monkeypatch):
     """What ``pipelines.evaluate`` logs is what the demo reads: the baselines table of the latest
     finished demo evaluation of that model; runs that are not the demo's are not."""
